@@ -1,0 +1,267 @@
+"""The ``store`` processor: every report's summary and body, each node's latest status.
+
+Also serves the query API: ``GET /api/v1/reports``, ``/api/v1/reports/{id}``,
+``/api/v1/nodes`` and ``/api/v1/nodes/{certname}``. Written against reportd's
+public plugin API only, as a third-party plugin would be.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from reportd import PluginContext, Processor, Report, Setting, hookimpl, require_permission
+from reportd.formats import Envelope, ReportError, parse, parse_time
+from reportd.periodic import drain, every
+from reportd.settings import as_duration, as_positive_int
+from reportd.status import RUN_STATUSES, change_kind, is_stale
+from reportd.storage import ReportQuery, StoredReport
+from reportd.web import api_error, json_response
+
+NAME = "store"
+VIEW = "view_reports"
+MAX_LIMIT = 1000
+SUMMARY_RESOURCE_KEYS = (
+    "total", "changed", "failed", "failed_to_restart", "skipped", "out_of_sync",
+    "restarted", "scheduled", "corrective_change",
+)  # fmt: skip
+SUMMARY_EXTRA_KEYS = ("status_bits", "organization")
+
+
+@hookimpl
+def reportd_declare_settings():
+    return {
+        NAME: {
+            "retention_days": Setting("14", as_positive_int, "days reports are kept"),
+            "expire_interval": Setting("1h", as_duration, "how often old reports are deleted"),
+            "expire_batch": Setting("1000", as_positive_int, "reports deleted per transaction"),
+        }
+    }
+
+
+@hookimpl
+def reportd_register_processors():
+    return [StoreProcessor]
+
+
+class StoreProcessor(Processor):
+    name = NAME
+    batch_size = 200
+
+    async def process_batch(self, reports: Sequence[Report]) -> None:
+        await self.context.storage.store_reports([stored_report(r) for r in reports])
+
+
+def stored_report(report: Report) -> StoredReport:
+    assert report.id is not None
+    return StoredReport(
+        id=report.id,
+        certname=report.certname,
+        environment=report.environment,
+        status=report.status,
+        change_kind=change_kind(report, report.status),
+        noop=report.noop,
+        format=report.format,
+        origin=report.origin,
+        transaction_uuid=report.transaction_uuid,
+        job_id=report.job_id,
+        configuration_version=report.configuration_version,
+        run_time=report.run_time.timestamp(),
+        start_time=report.start_time.timestamp() if report.start_time else None,
+        end_time=report.end_time.timestamp() if report.end_time else None,
+        received_at=report.received_at.timestamp(),
+        summary=summary(report),
+        envelope=report.envelope,
+        body=report.raw,
+    )
+
+
+def summary(report: Report) -> dict[str, Any]:
+    resources = report.metrics.get("resources", {})
+    return {
+        "resources": {key: resources.get(key, 0) for key in SUMMARY_RESOURCE_KEYS},
+        "events": report.metrics.get("events", {}),
+        "run_seconds": report.metrics.get("time", {}).get("total"),
+        "agent_status": report.agent_status,
+        "noop_pending": report.noop_pending,
+        "cached_catalog_status": report.cached_catalog_status,
+        "puppet_version": report.puppet_version,
+        "time_without_offset": report.time_without_offset,
+        **{key: report.extra[key] for key in ("status_bits", "organization") if key in report.extra},
+    }
+
+
+@hookimpl
+def reportd_add_routes(app: web.Application, context: PluginContext):
+    api = StoreAPI(context)
+    app.router.add_get("/api/v1/reports", api.list_reports)
+    app.router.add_get("/api/v1/reports/{id}", api.get_report)
+    app.router.add_get("/api/v1/nodes", api.list_nodes)
+    app.router.add_get("/api/v1/nodes/{certname}", api.get_node)
+    if NAME in context.processors:
+        settings = context.plugin_settings(NAME)
+
+        async def expiry(app: web.Application):
+            async def expire() -> None:
+                cutoff = time.time() - settings["retention_days"] * 86400
+                batch = settings["expire_batch"]
+                await drain(lambda: context.storage.expire_reports(cutoff, batch))
+
+            async with every(settings["expire_interval"], expire, name="store-expiry"):
+                yield
+
+        app.cleanup_ctx.append(expiry)
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+class StoreAPI:
+    def __init__(self, context: PluginContext) -> None:
+        self.context = context
+
+    def report_item(self, request: web.Request, row: StoredReport) -> dict[str, Any]:
+        return {
+            "id": row.id,
+            "url": f"{request.scheme}://{request.host}/api/v1/reports/{row.id}",
+            "certname": row.certname,
+            "environment": row.environment,
+            "status": row.status,
+            "change_kind": row.change_kind,
+            "noop": row.noop,
+            "format": row.format,
+            "origin": row.origin,
+            "transaction_uuid": row.transaction_uuid,
+            "job_id": row.job_id,
+            "configuration_version": row.configuration_version,
+            "run_time": _iso(row.run_time),
+            "start_time": _iso(row.start_time),
+            "end_time": _iso(row.end_time),
+            "received_at": _iso(row.received_at),
+            "summary": row.summary,
+        }
+
+    async def list_reports(self, request: web.Request) -> web.Response:
+        await require_permission(request, VIEW)
+        params = request.query
+        limit = _limit(params)
+        status = params.get("status")
+        if status is not None and status not in RUN_STATUSES:
+            raise api_error(400, "invalid status", {"status": f"one of {', '.join(RUN_STATUSES)}"})
+        query = ReportQuery(
+            certname=params.get("certname"),
+            status=status,
+            environment=params.get("environment"),
+            since=_time_param(params, "since"),
+            until=_time_param(params, "until"),
+            limit=limit + 1,
+            after=_decode_cursor(params.get("cursor")),
+        )
+        rows = await self.context.storage.query_reports(query)
+        next_url = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            cursor = _encode_cursor(rows[-1].run_time, rows[-1].id)
+            next_url = str(request.url.update_query(cursor=cursor))
+        return json_response({"items": [self.report_item(request, r) for r in rows], "next": next_url})
+
+    async def get_report(self, request: web.Request) -> web.Response:
+        await require_permission(request, VIEW)
+        try:
+            report_id = int(request.match_info["id"])
+        except ValueError:
+            raise api_error(400, "report id must be an integer") from None
+        row = await self.context.storage.get_report(report_id)
+        if row is None:
+            raise api_error(404, f"no report {report_id}")
+        if request.query.get("format") == "raw":
+            return web.Response(body=row.body, content_type=row.envelope.get("content_type"))
+        try:
+            report = parse(row.body, Envelope.from_dict(dict(row.envelope)))
+        except ReportError as error:
+            raise api_error(500, f"stored report unreadable: {error.message}") from None
+        report.id = row.id
+        return json_response({**self.report_item(request, row), "report": report.to_dict()})
+
+    def node_item(self, request: web.Request, node, now: float) -> dict[str, Any]:
+        interval = self.context.config.stale.interval(node.certname, node.environment)
+        last = datetime.fromtimestamp(node.last_received_at, UTC)
+        return {
+            "certname": node.certname,
+            "environment": node.environment,
+            "status": node.status,
+            "change_kind": node.change_kind,
+            "stale": is_stale(last, datetime.fromtimestamp(now, UTC), interval),
+            "expected_interval_seconds": interval,
+            "run_time": _iso(node.run_time),
+            "last_received_at": _iso(node.last_received_at),
+            "report_id": node.report_id,
+            "report_url": f"{request.scheme}://{request.host}/api/v1/reports/{node.report_id}",
+            "summary": node.summary,
+        }
+
+    async def list_nodes(self, request: web.Request) -> web.Response:
+        await require_permission(request, VIEW)
+        limit = _limit(request.query)
+        rows = await self.context.storage.list_nodes(
+            environment=request.query.get("environment"),
+            status=request.query.get("status"),
+            limit=limit + 1,
+            after=request.query.get("cursor"),
+        )
+        next_url = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            next_url = str(request.url.update_query(cursor=rows[-1].certname))
+        now = time.time()
+        return json_response({"items": [self.node_item(request, n, now) for n in rows], "next": next_url})
+
+    async def get_node(self, request: web.Request) -> web.Response:
+        await require_permission(request, VIEW)
+        node = await self.context.storage.get_node(request.match_info["certname"])
+        if node is None:
+            raise api_error(404, f"no node {request.match_info['certname']}")
+        return json_response(self.node_item(request, node, time.time()))
+
+
+def _limit(params) -> int:
+    try:
+        limit = int(params.get("limit", 100))
+    except ValueError:
+        raise api_error(400, "invalid limit", {"limit": "an integer from 1 to 1000"}) from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise api_error(400, "invalid limit", {"limit": "an integer from 1 to 1000"})
+    return limit
+
+
+def _time_param(params, name: str) -> float | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    try:
+        return parse_time(value, name)[0].timestamp()
+    except ReportError:
+        raise api_error(400, f"invalid {name}", {name: "an ISO-8601 time"}) from None
+
+
+def _encode_cursor(run_time: float, report_id: int) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([run_time, report_id])).decode().rstrip("=")
+
+
+def _decode_cursor(value: str | None) -> tuple[float, int] | None:
+    if not value:
+        return None
+    try:
+        run_time, report_id = orjson.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
+        return float(run_time), int(report_id)
+    except (ValueError, TypeError):
+        raise api_error(400, "invalid cursor", {"cursor": "as given in a previous next URL"}) from None

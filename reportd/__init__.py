@@ -1,0 +1,32 @@
+"""reportd: receive configuration-management run reports, hand them to processors."""
+
+from reportd.context import PluginContext
+from reportd.hookspecs import hookimpl
+from reportd.model import Event, Log, Report, ResourceStatus
+from reportd.processor import PermanentError, Processor
+from reportd.settings import Setting
+
+__version__ = "0.1.0"
+__all__ = [
+    "Event",
+    "Log",
+    "PermanentError",
+    "PluginContext",
+    "Processor",
+    "Report",
+    "ResourceStatus",
+    "Setting",
+    "__version__",
+    "hookimpl",
+    "require_permission",
+]
+
+
+async def require_permission(request, permission: str):
+    """Authenticate ``request`` and raise a 403 unless it has ``permission``.
+
+    Returns the caller's :class:`reportd.auth.Identity`. For plugin routes.
+    """
+    from reportd.web import require_permission as _require
+
+    return await _require(request, permission)

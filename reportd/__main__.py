@@ -1,0 +1,3 @@
+from reportd.cli import cli
+
+cli()

@@ -1,0 +1,154 @@
+"""The application factory and the lifecycle of everything it owns."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+import structlog
+from aiohttp import web
+
+from reportd.auth import VIEW_REPORTS, Authenticator
+from reportd.config import Config, validate_plugin_sections
+from reportd.context import PluginContext
+from reportd.dispatch import Dispatcher, RetryPolicy
+from reportd.ingest import setup_ingest_routes
+from reportd.periodic import drain, every
+from reportd.plugin_manager import declared_settings, processor_classes
+from reportd.settings import ConfigError
+from reportd.storage import Storage, open_storage
+from reportd.web import (
+    AUTHENTICATOR,
+    CONFIG,
+    CONTEXT,
+    DISPATCHER,
+    STORAGE,
+    json_response,
+    require_permission,
+)
+
+log = structlog.get_logger("reportd.app")
+
+SPOOL_EXPIRY_INTERVAL = 600.0
+SPOOL_EXPIRY_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The configuration checked against the loaded plugins."""
+
+    settings: dict[str, dict[str, Any]]
+    processor_classes: dict[str, type]
+
+
+def prepare(config: Config, pm: pluggy.PluginManager) -> Prepared:
+    """Validate plugin sections and the processor list; raises :class:`ConfigError`."""
+    settings = validate_plugin_sections(config, declared_settings(pm))
+    classes = processor_classes(pm)
+    for name in config.processors:
+        if name not in classes:
+            known = ", ".join(sorted(classes)) or "none"
+            raise ConfigError(
+                f"{config.source}: [reportd] processors: no processor named {name!r} (loaded: {known})"
+            )
+    return Prepared(settings, classes)
+
+
+def create_app(
+    config: Config, pm: pluggy.PluginManager, *, storage: Storage | None = None
+) -> web.Application:
+    """Build the application. No I/O happens until a runner starts it."""
+    prepared = prepare(config, pm)
+    if storage is None:
+        storage = open_storage(config.database_url, synchronous=config.sqlite_synchronous, exclusive=True)
+    context = PluginContext(config, storage, prepared.settings, config.processors)
+    processors = [prepared.processor_classes[name](context) for name in config.processors]
+    app = web.Application(client_max_size=config.max_body_size + 1)
+    app[CONFIG] = config
+    app[STORAGE] = storage
+    app[CONTEXT] = context
+    app[AUTHENTICATOR] = Authenticator(config, storage.find_token)
+    app[DISPATCHER] = Dispatcher(
+        storage,
+        processors,
+        retry=RetryPolicy(config.max_attempts, config.retry_initial, config.retry_max),
+        timeout=config.processor_timeout,
+    )
+    app.cleanup_ctx.append(_storage_lifecycle)
+    app.cleanup_ctx.append(_make_plugin_lifecycle(pm))
+    app.cleanup_ctx.append(_dispatch_lifecycle)
+    app.cleanup_ctx.append(_spool_expiry)
+    setup_ingest_routes(app)
+    app.router.add_get("/api/v1/queue", get_queue)
+    app.router.add_get("/healthz", get_health)
+    pm.hook.reportd_add_routes(app=app, context=context)
+    return app
+
+
+async def _storage_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    await app[STORAGE].open()
+    yield
+    await app[STORAGE].close()
+
+
+def _make_plugin_lifecycle(pm: pluggy.PluginManager):
+    async def plugin_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        context = app[CONTEXT]
+        for result in pm.hook.reportd_startup(context=context):
+            await _await_maybe(result)
+        yield
+        for impl in pm.hook.reportd_shutdown.get_hookimpls():
+            try:
+                await _await_maybe(impl.function(context=context))
+            except Exception:
+                log.exception("plugin_shutdown_failed", plugin=impl.plugin_name)
+
+    return plugin_lifecycle
+
+
+async def _await_maybe(value: Any) -> Any:
+    if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
+        return await value
+    return value
+
+
+async def _dispatch_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    dispatcher = app[DISPATCHER]
+    dispatcher.start()
+    yield
+    await dispatcher.stop(app[CONFIG].shutdown_timeout)
+
+
+async def _spool_expiry(app: web.Application) -> AsyncIterator[None]:
+    """Forget delivered reports' idempotency keys after ``dedup_window``, in small batches."""
+    storage, window = app[STORAGE], app[CONFIG].dedup_window
+
+    async def expire() -> None:
+        await drain(lambda: storage.expire_spool(time.time() - window, SPOOL_EXPIRY_BATCH))
+
+    async with every(SPOOL_EXPIRY_INTERVAL, expire, name="spool-expiry"):
+        yield
+
+
+async def get_queue(request: web.Request) -> web.Response:
+    await require_permission(request, VIEW_REPORTS)
+    stats = await request.app[STORAGE].queue_stats()
+    now = time.time()
+    body = {}
+    for name in request.app[DISPATCHER].processor_names:
+        entry = stats.get(name)
+        oldest = entry.oldest_pending_at if entry else None
+        body[name] = {
+            "pending": entry.pending if entry else 0,
+            "dead": entry.dead if entry else 0,
+            "oldest_pending_seconds": round(now - oldest, 3) if oldest is not None else None,
+        }
+    return json_response({"processors": body})
+
+
+async def get_health(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})

@@ -1,0 +1,354 @@
+"""The ``reportd`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import ssl
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import click
+import orjson
+
+from reportd import __version__
+from reportd.auth import PERMISSIONS, hash_token, new_token
+from reportd.config import Config, load_config
+from reportd.settings import ConfigError, as_listen
+from reportd.storage import Storage, open_storage
+
+T = TypeVar("T")
+
+
+def _load(ctx: click.Context) -> Config:
+    try:
+        config = load_config(ctx.obj["config_path"])
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    return config.with_overrides(data_dir=ctx.obj["data_dir"])
+
+
+def _plugin_manager(config: Config):
+    from reportd.plugin_manager import get_plugin_manager
+
+    try:
+        return get_plugin_manager(blocked=config.disabled_plugins, plugin_paths=config.plugin_paths)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _with_storage(config: Config, job: Callable[[Storage], Awaitable[T]]) -> T:
+    async def run() -> T:
+        storage = open_storage(config.database_url, synchronous=config.sqlite_synchronous)
+        await storage.open()
+        try:
+            return await job(storage)
+        finally:
+            await storage.close()
+
+    return asyncio.run(run())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="reportd")
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    envvar="REPORTD_CONFIG",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="INI file (default: $REPORTD_CONFIG, else the embedded defaults).",
+)
+@click.option(
+    "--data-dir",
+    "data_dir",
+    envvar="REPORTD_DATA_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Overrides [reportd] data_dir, for every command.",
+)
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, data_dir: Path | None) -> None:
+    """reportd: receive configuration-management run reports and process them."""
+    ctx.obj = {"config_path": config_path, "data_dir": data_dir}
+
+
+@cli.command()
+@click.option("--listen", help="HOST:PORT to listen on (default 127.0.0.1:8141).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path))
+@click.pass_context
+def serve(ctx: click.Context, listen: str | None, data_dir: Path | None) -> None:
+    """Run the daemon in the foreground."""
+    from reportd.log import configure_logging
+    from reportd.serve import serve as run_server
+
+    config = _load(ctx)
+    try:
+        config = config.with_overrides(listen=as_listen(listen) if listen else None, data_dir=data_dir)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--listen") from None
+    configure_logging(config.log_level, config.log_format)
+    pm = _plugin_manager(config)
+    try:
+        asyncio.run(run_server(config, pm))
+    except (ConfigError, RuntimeError) as error:
+        raise click.ClickException(str(error)) from None
+
+
+@cli.command("check-config")
+@click.pass_context
+def check_config(ctx: click.Context) -> None:
+    """Validate the configuration and the plugins' sections; exit 1 on error."""
+    from reportd.app import prepare
+
+    config = _load(ctx)
+    try:
+        prepare(config, _plugin_manager(config))
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{config.source}: OK (processors: {', '.join(config.processors) or 'none'})")
+
+
+@cli.command()
+@click.pass_context
+def plugins(ctx: click.Context) -> None:
+    """List loaded plugins, where they come from, their hooks and processors."""
+    from reportd.plugin_manager import list_plugins
+
+    config = _load(ctx)
+    for info in list_plugins(_plugin_manager(config)):
+        version = f" {info.version}" if info.version else ""
+        click.echo(f"{info.name}{version}  ({info.source})")
+        if info.processors:
+            enabled = [f"{p}{'' if p in config.processors else ' (disabled)'}" for p in info.processors]
+            click.echo(f"  processors: {', '.join(enabled)}")
+        click.echo(f"  hooks: {', '.join(info.hooks)}")
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--url", required=True, help="reportd's base URL, e.g. https://reportd:8141")
+@click.option("--format", "fmt", type=click.Choice(["puppet"]), default="puppet", show_default=True)
+@click.option("--environment", default=None, help="for reports that name none")
+@click.option("--token", envvar="REPORTD_TOKEN", help="API token (default: $REPORTD_TOKEN)")
+@click.option("--cacert", type=click.Path(exists=True, dir_okay=False), help="CA to verify reportd")
+@click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="client certificate")
+@click.option("--key", type=click.Path(exists=True, dir_okay=False), help="client private key")
+@click.option("--gzip", "compress", is_flag=True, help="send bodies gzip-compressed")
+def send(files, url, fmt, environment, token, cacert, cert, key, compress) -> None:
+    """Submit saved reports (JSON or YAML) to a running reportd."""
+    from reportd.formats import puppet
+
+    context = ssl.create_default_context(cafile=cacert) if url.startswith("https") else None
+    if context is not None and cert:
+        context.load_cert_chain(cert, key)
+    failures = 0
+    for name in files:
+        body = Path(name).read_bytes()
+        if puppet.is_yaml("", body):
+            method, path, content_type = "POST", "/reports/upload", "application/x-yaml"
+        else:
+            try:
+                data = orjson.loads(body)
+            except orjson.JSONDecodeError as error:
+                click.echo(f"{name}: not JSON or YAML: {error}", err=True)
+                failures += 1
+                continue
+            host = urllib.parse.quote(str(data.get("host", "")), safe="")
+            env = urllib.parse.quote(environment or data.get("environment") or "production")
+            method, path = "PUT", f"/puppet/v3/report/{host}?environment={env}"
+            content_type = "application/json"
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if compress:
+            body = gzip.compress(body)
+            headers["Content-Encoding"] = "gzip"
+        request = urllib.request.Request(url.rstrip("/") + path, data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=60) as response:
+                click.echo(f"{name}: {response.status} {response.read().decode(errors='replace')}")
+        except urllib.error.HTTPError as error:
+            click.echo(f"{name}: {error.code} {error.read().decode(errors='replace')}", err=True)
+            failures += 1
+        except urllib.error.URLError as error:
+            click.echo(f"{name}: {error.reason}", err=True)
+            failures += 1
+    if failures:
+        sys.exit(1)
+
+
+def _iso(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--certname")
+@click.option("--status")
+@click.option("--environment")
+@click.option("--limit", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+@click.pass_context
+def reports(ctx: click.Context, certname, status, environment, limit, as_json) -> None:
+    """List stored reports, newest run first (``reports show ID`` for one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from reportd.storage import ReportQuery
+
+    config = _load(ctx)
+    query = ReportQuery(certname=certname, status=status, environment=environment, limit=limit)
+    rows = _with_storage(config, lambda s: s.query_reports(query))
+    for row in rows:
+        if as_json:
+            click.echo(orjson.dumps({"id": row.id, "certname": row.certname, "status": row.status,
+                                     "environment": row.environment, "run_time": _iso(row.run_time),
+                                     "summary": row.summary}).decode())  # fmt: skip
+        else:
+            click.echo(
+                f"{row.id:>8}  {_iso(row.run_time)}  {row.status:<13} {row.environment or '-':<12}"
+                f" {row.certname}"
+            )
+
+
+@reports.command("show")
+@click.argument("report_id", type=int)
+@click.option("--raw", is_flag=True, help="the body exactly as received")
+@click.pass_context
+def reports_show(ctx: click.Context, report_id: int, raw: bool) -> None:
+    """Show one stored report (normalized JSON, or the original body)."""
+    from reportd.formats import Envelope, parse
+
+    config = _load(ctx)
+    row = _with_storage(config, lambda s: s.get_report(report_id))
+    if row is None:
+        raise click.ClickException(f"no report {report_id}")
+    if raw:
+        sys.stdout.buffer.write(row.body)
+        return
+    report = parse(row.body, Envelope.from_dict(dict(row.envelope)))
+    report.id = row.id
+    click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def queue(ctx: click.Context) -> None:
+    """Pending and dead deliveries per processor (``queue retry`` to retry dead ones)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    config = _load(ctx)
+
+    async def job(storage: Storage) -> tuple[dict, list]:
+        return await storage.queue_stats(), await storage.dead_letters(None, 50)
+
+    stats, dead = _with_storage(config, job)
+    now = time.time()
+    click.echo(f"{'processor':<16} {'pending':>8} {'dead':>6}  oldest pending")
+    for name in sorted(set(stats) | set(config.processors)):
+        entry = stats.get(name)
+        oldest = "-"
+        if entry and entry.oldest_pending_at is not None:
+            oldest = f"{now - entry.oldest_pending_at:.0f}s"
+        pending, dead_count = (entry.pending, entry.dead) if entry else (0, 0)
+        click.echo(f"{name:<16} {pending:>8} {dead_count:>6}  {oldest}")
+    if dead:
+        click.echo("\ndead letters:")
+        for letter in dead:
+            click.echo(
+                f"  {letter.processor} report {letter.report_id} ({letter.certname}),"
+                f" {letter.attempts} attempts: {letter.error}"
+            )
+
+
+@queue.command("retry")
+@click.option("--processor", help="only this processor's dead letters")
+@click.argument("report_ids", nargs=-1, type=int)
+@click.pass_context
+def queue_retry(ctx: click.Context, processor: str | None, report_ids: tuple[int, ...]) -> None:
+    """Make dead deliveries pending again (all, or the report ids given)."""
+    config = _load(ctx)
+    count = _with_storage(config, lambda s: s.retry(processor, list(report_ids) or None, time.time()))
+    click.echo(f"{count} deliveries queued again")
+
+
+@cli.command()
+@click.pass_context
+def expire(ctx: click.Context) -> None:
+    """Apply retention now: old reports, and spool entries past the dedup window."""
+    from reportd.app import prepare
+    from reportd.periodic import drain
+
+    config = _load(ctx)
+    try:
+        settings = prepare(config, _plugin_manager(config)).settings
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    store = settings.get("store", {"retention_days": 14, "expire_batch": 1000})
+
+    async def job(storage: Storage) -> tuple[int, int]:
+        now = time.time()
+        cutoff = now - store["retention_days"] * 86400
+        reports = await drain(lambda: storage.expire_reports(cutoff, store["expire_batch"]), pause=0)
+        spool = await drain(lambda: storage.expire_spool(now - config.dedup_window, 1000), pause=0)
+        return reports, spool
+
+    reports_deleted, spool_deleted = _with_storage(config, job)
+    click.echo(f"deleted {reports_deleted} reports and {spool_deleted} spool entries")
+
+
+@cli.group()
+def token() -> None:
+    """API tokens: create, list, revoke."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.option(
+    "--permission",
+    "-p",
+    "permissions",
+    multiple=True,
+    required=True,
+    type=click.Choice(sorted(PERMISSIONS)),
+    help="repeat for several",
+)
+@click.pass_context
+def token_create(ctx: click.Context, name: str, permissions: tuple[str, ...]) -> None:
+    """Create a token; prints it alone on stdout (it is not shown again)."""
+    config = _load(ctx)
+    secret = new_token()
+    try:
+        _with_storage(config, lambda s: s.create_token(name, hash_token(secret), permissions, time.time()))
+    except KeyError:
+        raise click.ClickException(f"a token named {name!r} exists") from None
+    click.echo(secret)
+
+
+@token.command("list")
+@click.pass_context
+def token_list(ctx: click.Context) -> None:
+    """List tokens (names and permissions, never the secrets)."""
+    config = _load(ctx)
+    for entry in _with_storage(config, lambda s: s.list_tokens()):
+        click.echo(f"{entry['name']:<24} {_iso(entry['created_at'])}  {','.join(entry['permissions'])}")
+
+
+@token.command("revoke")
+@click.argument("name")
+@click.pass_context
+def token_revoke(ctx: click.Context, name: str) -> None:
+    """Delete a token; running daemons stop accepting it within 5 seconds."""
+    config = _load(ctx)
+    if not _with_storage(config, lambda s: s.revoke_token(name)):
+        raise click.ClickException(f"no token named {name!r}")
+    click.echo(f"revoked {name}")

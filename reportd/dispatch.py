@@ -1,0 +1,222 @@
+"""Deliver every accepted report to every enabled processor, durably.
+
+One worker task per processor claims due deliveries from storage (so a
+restart resumes where the last run stopped), hands them over in batches and
+records the outcome: done, retry later (exponential backoff with jitter), or
+dead letter. A processor that raises or exceeds its timeout delays only its
+own deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from reportd.formats import Envelope, ReportError, parse
+from reportd.model import Report
+from reportd.processor import PermanentError, Processor
+from reportd.storage import Claim, DeliveryFailure, Storage
+
+log = structlog.get_logger("reportd.dispatch")
+
+POLL_INTERVAL = 1.0  # also picks up retries made from the CLI
+CACHE_SIZE = 256
+
+
+@dataclass
+class ProcessorStats:
+    delivered: int = 0
+    failures: int = 0
+    dead_letters: int = 0
+    batch_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int
+    initial: float
+    maximum: float
+
+    def delay(self, attempts: int) -> float:
+        # Full exponential growth capped at `maximum`, then jitter so that many
+        # reports failing together do not retry together.
+        base = min(self.maximum, self.initial * 2 ** max(0, attempts - 1))
+        return base * random.uniform(0.5, 1.0)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        storage: Storage,
+        processors: Sequence[Processor],
+        *,
+        retry: RetryPolicy,
+        timeout: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._storage = storage
+        self._retry = retry
+        self._timeout = timeout
+        self._clock = clock
+        self._cache: OrderedDict[int, Report] = OrderedDict()
+        self._workers = [_Worker(p) for p in processors]
+        self._stopping = False
+        self.stats = {p.name: ProcessorStats() for p in processors}
+
+    @property
+    def processor_names(self) -> list[str]:
+        return [w.processor.name for w in self._workers]
+
+    def start(self) -> None:
+        for worker in self._workers:
+            worker.task = asyncio.create_task(self._run(worker), name=f"processor:{worker.processor.name}")
+
+    def submit(self, report: Report) -> None:
+        """A report was just accepted: keep it at hand and wake the workers."""
+        assert report.id is not None
+        self._cache[report.id] = report
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        for worker in self._workers:
+            worker.wake.set()
+
+    async def stop(self, grace: float) -> None:
+        """Let running batches end (for at most ``grace`` seconds), then close processors."""
+        self._stopping = True
+        for worker in self._workers:
+            worker.wake.set()
+        tasks = [w.task for w in self._workers if w.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for worker in self._workers:
+            if worker.started:
+                try:
+                    await worker.processor.close()
+                except Exception:
+                    log.exception("processor_close_failed", processor=worker.processor.name)
+
+    async def _run(self, worker: _Worker) -> None:
+        processor = worker.processor
+        start_failures = 0
+        while not self._stopping:
+            try:
+                if not worker.started:
+                    await processor.start()
+                    worker.started = True
+                claims = await self._storage.claim(
+                    processor.name, processor.batch_size, self._clock(), self._lease(processor)
+                )
+            except Exception:
+                start_failures += 1
+                log.exception("processor_worker_error", processor=processor.name)
+                await worker.idle(min(60.0, self._retry.delay(start_failures)))
+                continue
+            start_failures = 0
+            if not claims:
+                await worker.idle(POLL_INTERVAL)
+                continue
+            await self._deliver(processor, claims)
+
+    def _lease(self, processor: Processor) -> float:
+        return (processor.timeout or self._timeout) * 2 + 30
+
+    async def _deliver(self, processor: Processor, claims: list[Claim]) -> None:
+        reports, failures = await self._load([c.report_id for c in claims])
+        started = time.monotonic()
+        if reports:
+            failures.update(await self._call(processor, reports))
+        elapsed = time.monotonic() - started
+        stats = self.stats[processor.name]
+        stats.batch_seconds += elapsed
+        done = [r.id for r in reports if r.id not in failures]
+        await self._storage.finish(processor.name, done)
+        stats.delivered += len(done)
+        if failures:
+            await self._record_failures(processor, claims, reports, failures)
+
+    async def _call(self, processor: Processor, reports: list[Report]) -> dict[int, BaseException]:
+        timeout = processor.timeout or self._timeout
+        try:
+            result = await asyncio.wait_for(processor.process_batch(reports), timeout)
+        except TimeoutError:
+            error = TimeoutError(f"processor took longer than {timeout:g}s")
+            return dict.fromkeys((r.id for r in reports), error)
+        except Exception as error:
+            return dict.fromkeys((r.id for r in reports), error)
+        return dict(result or {})
+
+    async def _record_failures(
+        self,
+        processor: Processor,
+        claims: list[Claim],
+        reports: list[Report],
+        failures: dict[int, BaseException],
+    ) -> None:
+        now = self._clock()
+        certnames = {r.id: r.certname for r in reports}
+        rows = []
+        stats = self.stats[processor.name]
+        for claim in claims:
+            error = failures.get(claim.report_id)
+            if error is None:
+                continue
+            attempts = claim.attempts + 1
+            dead = isinstance(error, PermanentError) or attempts >= self._retry.max_attempts
+            delay = self._retry.delay(attempts)
+            message = f"{type(error).__name__}: {error}"
+            rows.append(DeliveryFailure(claim.report_id, attempts, message, now + delay, dead))
+            stats.failures += 1
+            stats.dead_letters += dead
+            log.warning(
+                "processor_dead_letter" if dead else "processor_failed",
+                processor=processor.name,
+                report_id=claim.report_id,
+                certname=certnames.get(claim.report_id),
+                attempt=attempts,
+                retry_in=None if dead else round(delay, 1),
+                error=message,
+            )
+        await self._storage.fail(processor.name, rows)
+
+    async def _load(self, ids: list[int]) -> tuple[list[Report], dict[int, BaseException]]:
+        reports = [self._cache[i] for i in ids if i in self._cache]
+        missing = [i for i in ids if i not in self._cache]
+        failures: dict[int, BaseException] = {}
+        if missing:
+            found = set()
+            for spooled in await self._storage.load_spooled(missing):
+                found.add(spooled.report_id)
+                try:
+                    report = parse(spooled.body, Envelope.from_dict(dict(spooled.envelope)))
+                except ReportError as error:
+                    failures[spooled.report_id] = PermanentError(f"spooled report unreadable: {error}")
+                    continue
+                report.id = spooled.report_id
+                reports.append(report)
+            for report_id in set(missing) - found:
+                failures[report_id] = PermanentError("spooled report body is gone")
+        reports.sort(key=lambda r: r.id)
+        return reports, failures
+
+
+class _Worker:
+    def __init__(self, processor: Processor) -> None:
+        self.processor = processor
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task | None = None
+        self.started = False
+
+    async def idle(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), seconds)
+        self.wake.clear()

@@ -1,0 +1,104 @@
+"""Wire formats: each module turns a request body into a :class:`reportd.model.Report`.
+
+Parsing is deterministic given the body and its :class:`Envelope` (how it
+arrived), so the spool keeps only those two and the dispatcher can rebuild the
+very same report after a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from reportd.model import Report
+
+
+class ReportError(ValueError):
+    """The body is not a report reportd can accept; the message says why (a 400)."""
+
+    def __init__(self, message: str, kind: str = "BAD_REPORT") -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What the request said about the body, besides the body itself."""
+
+    format: str
+    content_type: str
+    received_at: datetime
+    path_certname: str | None = None
+    environment: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "content_type": self.content_type,
+            "received_at": self.received_at.timestamp(),
+            "path_certname": self.path_certname,
+            "environment": self.environment,
+            "params": self.params,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Envelope:
+        return cls(
+            format=data["format"],
+            content_type=data["content_type"],
+            received_at=datetime.fromtimestamp(data["received_at"], UTC),
+            path_certname=data.get("path_certname"),
+            environment=data.get("environment"),
+            params=data.get("params") or {},
+        )
+
+
+Parser = Callable[[bytes, Envelope], Report]
+
+
+def parsers() -> dict[str, Parser]:
+    """The parser of each wire format, by :attr:`Envelope.format`."""
+    from reportd.formats import puppet
+
+    return {"puppet": puppet.parse}
+
+
+def parse(body: bytes, envelope: Envelope) -> Report:
+    """Parse ``body`` as its envelope says; raises :class:`ReportError`."""
+    try:
+        parser = parsers()[envelope.format]
+    except KeyError:
+        raise ReportError(f"unknown report format {envelope.format!r}") from None
+    report = parser(body, envelope)
+    report.raw = body
+    report.raw_content_type = envelope.content_type
+    report.envelope = envelope.to_dict()
+    return report
+
+
+def parse_time(value: Any, field_name: str) -> tuple[datetime, bool]:
+    """A UTC datetime from any time format real clients send, and whether it had an offset.
+
+    ISO-8601 with or without offset, ``Z``, Ruby's ``Time#to_s``
+    (``2024-05-01 12:00:00 +0200``) and ``2010-11-19 02:39:04 UTC``. A time
+    without an offset is taken as UTC; the caller flags the report.
+    """
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.endswith(" UTC"):
+            text = text[:-4] + "+00:00"
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise ReportError(f"{field_name}: not a time: {value!r}") from None
+    else:
+        raise ReportError(f"{field_name}: expected a time string, got {type(value).__name__}")
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC), False
+    return parsed.astimezone(UTC), True

@@ -1,0 +1,143 @@
+"""The normalized report: one shape for every wire format.
+
+Parsers in :mod:`reportd.formats` turn a request body into a :class:`Report`;
+processors only ever see this model. Field names are Puppet's and PuppetDB's
+wire names wherever one exists. Times are timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+# How the certname/time/status of a report can be trusted depends on its origin;
+# these are the wire families reportd accepts.
+FORMATS = ("puppet", "foreman", "chef")
+
+
+@dataclass(slots=True)
+class Event:
+    status: str  # success | failure | noop | audit
+    property: str | None = None
+    previous_value: Any = None
+    desired_value: Any = None
+    historical_value: Any = None
+    message: str | None = None
+    name: str | None = None
+    time: datetime | None = None
+    audited: bool = False
+    redacted: bool | None = None
+    corrective_change: bool = False
+
+
+@dataclass(slots=True)
+class ResourceStatus:
+    resource_type: str
+    title: str
+    file: str | None = None
+    line: int | None = None
+    containment_path: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    time: datetime | None = None
+    evaluation_time: float | None = None
+    provider_used: str | None = None
+    failed: bool = False
+    failed_to_restart: bool = False
+    changed: bool = False
+    out_of_sync: bool = False
+    skipped: bool = False
+    change_count: int = 0
+    out_of_sync_count: int = 0
+    corrective_change: bool = False
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def resource(self) -> str:
+        return f"{self.resource_type}[{self.title}]"
+
+
+@dataclass(slots=True)
+class Log:
+    level: str
+    message: str
+    source: str
+    tags: list[str] = field(default_factory=list)
+    time: datetime | None = None
+    file: str | None = None
+    line: int | None = None
+
+
+@dataclass(slots=True)
+class Report:
+    """One configuration-management run, as reportd understands it.
+
+    ``metrics`` is Puppet-shaped: ``{category: {key: value}}`` with categories
+    such as ``resources``, ``time``, ``changes`` and ``events``. ``extra`` holds
+    what only one wire format has (Foreman's ``status_bits``, Chef's
+    ``organization``...). ``raw`` is the body exactly as received and
+    ``envelope`` how it arrived (:class:`reportd.formats.Envelope` as a dict):
+    together they rebuild this report.
+    """
+
+    certname: str
+    format: str
+    received_at: datetime
+    environment: str | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    transaction_uuid: str | None = None
+    catalog_uuid: str | None = None
+    code_id: str | None = None
+    job_id: str | None = None
+    configuration_version: str | None = None
+    report_format: int | None = None
+    puppet_version: str | None = None
+    origin: str | None = None
+    agent_status: str | None = None
+    transaction_completed: bool = True
+    noop: bool = False
+    noop_pending: bool = False
+    corrective_change: bool = False
+    cached_catalog_status: str | None = None
+    server_used: str | None = None
+    time_without_offset: bool = False
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    logs: list[Log] = field(default_factory=list)
+    resource_statuses: list[ResourceStatus] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    raw: bytes = b""
+    raw_content_type: str = "application/octet-stream"
+    envelope: dict[str, Any] = field(default_factory=dict)
+    id: int | None = None
+    status: str = ""
+
+    @property
+    def run_time(self) -> datetime:
+        """The time a node's runs are ordered by: the agent's, else receipt."""
+        return self.end_time or self.start_time or self.received_at
+
+    def metric(self, category: str, key: str, default: float = 0) -> float:
+        return self.metrics.get(category, {}).get(key, default)
+
+    def to_dict(self, *, include_raw: bool = False) -> dict[str, Any]:
+        """The JSON-ready form served by the API (``raw`` left out unless asked)."""
+        data = orjson.loads(orjson.dumps(self, default=_encode_extra))
+        data.pop("raw")
+        if include_raw:
+            data["raw"] = self.raw.decode("utf-8", "replace")
+        return data
+
+
+def _encode_extra(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise TypeError(type(value).__name__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

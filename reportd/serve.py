@@ -1,0 +1,84 @@
+"""Run the daemon: listen (optionally with mutual TLS), tell systemd, stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import ssl
+
+import pluggy
+import structlog
+from aiohttp import web
+
+from reportd.app import create_app
+from reportd.config import Config
+
+log = structlog.get_logger("reportd.serve")
+
+
+def server_ssl_context(config: Config) -> ssl.SSLContext | None:
+    """TLS for the listener; with ``tls_ca`` clients may present a certificate.
+
+    Client certificates are optional at the TLS layer (API clients use tokens)
+    but verified when presented; what a certificate may do is decided per
+    request (:mod:`reportd.auth`).
+    """
+    if not config.tls_enabled:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    if config.tls_ca is not None:
+        context.load_verify_locations(cafile=config.tls_ca)
+        context.verify_mode = ssl.CERT_OPTIONAL
+    return context
+
+
+def notify_systemd(state: str) -> None:
+    """sd_notify(3) without libsystemd: one datagram to ``$NOTIFY_SOCKET``."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        sock.connect(address)
+        sock.sendall(state.encode())
+
+
+async def serve(config: Config, pm: pluggy.PluginManager) -> None:
+    """Serve until SIGTERM or SIGINT, then stop accepting and drain (bounded)."""
+    app = create_app(config, pm)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_timeout
+    )
+    await runner.setup()
+    host, port = config.listen
+    site = web.TCPSite(runner, host, port, ssl_context=server_ssl_context(config), backlog=1024)
+    try:
+        await site.start()
+    except OSError as error:
+        await runner.cleanup()
+        raise RuntimeError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    bound = [s.getsockname()[:2] for s in ((runner.server and site._server.sockets) or ())]
+    log.info(
+        "listening",
+        addresses=[f"{h}:{p}" for h, p in bound],
+        tls=config.tls_enabled,
+        client_certificates=config.tls_ca is not None,
+        database=config.database_url,
+        processors=list(config.processors),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    notify_systemd("READY=1")
+    await stop.wait()
+    log.info("stopping")
+    notify_systemd("STOPPING=1")
+    # Closes the listener, waits for requests in flight (shutdown_timeout), then
+    # runs the cleanup contexts: deliveries end, plugins shut down, storage closes.
+    await runner.cleanup()
+    log.info("stopped")

@@ -1,0 +1,231 @@
+"""The storage interface: every table reportd keeps, behind one narrow API.
+
+Two kinds of data live here:
+
+* the **spool** (``inbox`` and ``deliveries``): each accepted report's body and
+  envelope, and one delivery per enabled processor, until every processor has
+  had the report;
+* the **store** (``reports`` and ``nodes``) used by the ``store`` processor,
+  and the API **tokens**.
+
+Implementations: :mod:`reportd.storage.sqlite` (the embedded default). All
+methods are coroutines; times are UNIX seconds (floats) at this boundary.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from reportd.auth import TokenRecord
+
+
+@dataclass(frozen=True)
+class InboxEntry:
+    """A report to spool: its idempotency key, envelope and body."""
+
+    idempotency_key: str
+    certname: str
+    format: str
+    received_at: float
+    envelope: Mapping[str, Any]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Accepted:
+    report_id: int
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class Claim:
+    report_id: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class SpooledReport:
+    report_id: int
+    envelope: Mapping[str, Any]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class DeliveryFailure:
+    report_id: int
+    attempts: int
+    error: str
+    next_attempt_at: float
+    dead: bool
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    pending: int = 0
+    dead: int = 0
+    oldest_pending_at: float | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    processor: str
+    report_id: int
+    certname: str
+    attempts: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class StoredReport:
+    """The store's summary row of one report (its id is the spool's)."""
+
+    id: int
+    certname: str
+    environment: str | None
+    status: str
+    change_kind: str | None
+    noop: bool
+    format: str
+    origin: str | None
+    transaction_uuid: str | None
+    job_id: str | None
+    configuration_version: str | None
+    run_time: float
+    start_time: float | None
+    end_time: float | None
+    received_at: float
+    summary: Mapping[str, Any]
+    envelope: Mapping[str, Any] = field(default_factory=dict)
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    certname: str
+    environment: str | None
+    status: str
+    change_kind: str | None
+    report_id: int
+    run_time: float
+    last_received_at: float
+    summary: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ReportQuery:
+    certname: str | None = None
+    status: str | None = None
+    environment: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 100
+    after: tuple[float, int] | None = None  # keyset cursor: (run_time, id) of the last row seen
+
+
+class Storage(abc.ABC):
+    """What reportd needs from a database. Open it before use, close it after."""
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # -- spool -----------------------------------------------------------------
+    @abc.abstractmethod
+    async def accept(self, entry: InboxEntry, processors: Sequence[str]) -> Accepted:
+        """Durably record a report and a pending delivery per processor.
+
+        Returns only after the commit. A second entry with the same idempotency
+        key is not stored again: the first one's id comes back, ``duplicate`` set.
+        """
+
+    @abc.abstractmethod
+    async def claim(self, processor: str, limit: int, now: float, lease: float) -> list[Claim]:
+        """Up to ``limit`` due deliveries, leased to the caller for ``lease`` seconds."""
+
+    @abc.abstractmethod
+    async def load_spooled(self, report_ids: Sequence[int]) -> list[SpooledReport]: ...
+
+    @abc.abstractmethod
+    async def finish(self, processor: str, report_ids: Sequence[int]) -> None:
+        """Mark deliveries done; a body every processor has had is dropped."""
+
+    @abc.abstractmethod
+    async def fail(self, processor: str, failures: Sequence[DeliveryFailure]) -> None: ...
+
+    @abc.abstractmethod
+    async def queue_stats(self) -> dict[str, QueueStats]: ...
+
+    @abc.abstractmethod
+    async def dead_letters(self, processor: str | None, limit: int) -> list[DeadLetter]: ...
+
+    @abc.abstractmethod
+    async def retry(self, processor: str | None, report_ids: Sequence[int] | None, now: float) -> int:
+        """Make dead deliveries pending again (all, or those named); returns how many."""
+
+    @abc.abstractmethod
+    async def expire_spool(self, before: float, batch: int) -> int:
+        """Forget delivered spool entries received before ``before`` (one batch)."""
+
+    # -- store -----------------------------------------------------------------
+    @abc.abstractmethod
+    async def store_reports(self, reports: Sequence[StoredReport]) -> None:
+        """Insert summary rows and move each node's latest status forward.
+
+        A node's row changes only for a run newer (by run time) than the one it
+        has; an older, late report goes into history only.
+        """
+
+    @abc.abstractmethod
+    async def query_reports(self, query: ReportQuery) -> list[StoredReport]: ...
+
+    @abc.abstractmethod
+    async def get_report(self, report_id: int) -> StoredReport | None:
+        """One report with its envelope and original body."""
+
+    @abc.abstractmethod
+    async def list_nodes(
+        self, *, environment: str | None, status: str | None, limit: int, after: str | None
+    ) -> list[NodeRow]: ...
+
+    @abc.abstractmethod
+    async def get_node(self, certname: str) -> NodeRow | None: ...
+
+    @abc.abstractmethod
+    async def expire_reports(self, before: float, batch: int) -> int:
+        """Delete one batch of reports (and silent nodes) older than ``before``."""
+
+    @abc.abstractmethod
+    async def count_reports(self) -> int: ...
+
+    # -- tokens ----------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_token(self, name: str, token_hash: str, permissions: Iterable[str], now: float) -> None:
+        """Raises :class:`KeyError` when the name is taken."""
+
+    @abc.abstractmethod
+    async def find_token(self, token_hash: str) -> TokenRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_tokens(self) -> list[dict[str, Any]]: ...
+
+    @abc.abstractmethod
+    async def revoke_token(self, name: str) -> bool: ...
+
+
+def open_storage(url: str, *, synchronous: str = "full", exclusive: bool = False) -> Storage:
+    """The storage for a database URL (``sqlite:///PATH``).
+
+    ``exclusive`` is for the daemon: it locks the database against a second
+    daemon and takes over the delivery leases a crashed one left.
+    """
+    if url.startswith("sqlite:///"):
+        from reportd.storage.sqlite import SQLiteStorage
+
+        path = url.removeprefix("sqlite:///")
+        return SQLiteStorage(path, synchronous=synchronous, exclusive=exclusive)
+    raise ValueError(f"unsupported database URL {url!r} (PostgreSQL support is not built yet)")

@@ -1,0 +1,590 @@
+"""SQLite storage: one WAL database file, one writer thread with group commit.
+
+Every write is a job submitted to the writer thread. The thread takes all the
+jobs that queued up while it was busy and runs them in one transaction, each
+inside its own savepoint (so one failing job does not undo the others), then
+commits once. With ``synchronous=FULL`` that one commit is one fsync for the
+whole group: concurrent ingest requests share it. Reads use their own
+connections on a small thread pool; WAL lets them run beside the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import queue
+import sqlite3
+import threading
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from reportd.auth import TokenRecord
+from reportd.storage import (
+    Accepted,
+    Claim,
+    DeadLetter,
+    DeliveryFailure,
+    InboxEntry,
+    NodeRow,
+    QueueStats,
+    ReportQuery,
+    SpooledReport,
+    Storage,
+    StoredReport,
+)
+
+T = TypeVar("T")
+MAX_GROUP = 512
+COMPRESSION_LEVEL = 1  # fast: the writer thread compresses every body it stores
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE inbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        idempotency_key TEXT NOT NULL UNIQUE,
+        certname TEXT NOT NULL,
+        format TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        envelope BLOB NOT NULL,
+        body BLOB
+    );
+    CREATE INDEX inbox_received ON inbox (received_at);
+    CREATE TABLE deliveries (
+        processor TEXT NOT NULL,
+        report_id INTEGER NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        lease_until REAL,
+        last_error TEXT,
+        PRIMARY KEY (processor, report_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX deliveries_due ON deliveries (processor, state, next_attempt_at);
+    CREATE INDEX deliveries_report ON deliveries (report_id);
+    CREATE TABLE reports (
+        id INTEGER PRIMARY KEY,
+        certname TEXT NOT NULL,
+        environment TEXT,
+        status TEXT NOT NULL,
+        change_kind TEXT,
+        noop INTEGER NOT NULL,
+        format TEXT NOT NULL,
+        origin TEXT,
+        transaction_uuid TEXT,
+        job_id TEXT,
+        configuration_version TEXT,
+        run_time REAL NOT NULL,
+        start_time REAL,
+        end_time REAL,
+        received_at REAL NOT NULL,
+        summary BLOB NOT NULL,
+        envelope BLOB NOT NULL,
+        body BLOB NOT NULL
+    );
+    CREATE INDEX reports_time ON reports (run_time, id);
+    CREATE INDEX reports_certname ON reports (certname, run_time, id);
+    CREATE INDEX reports_status ON reports (status, run_time, id);
+    CREATE INDEX reports_environment ON reports (environment, run_time, id);
+    CREATE TABLE nodes (
+        certname TEXT PRIMARY KEY,
+        environment TEXT,
+        status TEXT NOT NULL,
+        change_kind TEXT,
+        report_id INTEGER NOT NULL,
+        run_time REAL NOT NULL,
+        last_received_at REAL NOT NULL,
+        summary BLOB NOT NULL
+    );
+    CREATE TABLE tokens (
+        name TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        permissions TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    """,
+]
+
+_REPORT_COLUMNS = (
+    "id, certname, environment, status, change_kind, noop, format, origin, transaction_uuid,"
+    " job_id, configuration_version, run_time, start_time, end_time, received_at, summary"
+)
+_NODE_COLUMNS = "certname, environment, status, change_kind, report_id, run_time, last_received_at, summary"
+
+
+class SQLiteStorage(Storage):
+    def __init__(self, path: str | Path, *, synchronous: str = "full", exclusive: bool = False):
+        self.path = Path(path)
+        self._synchronous = synchronous.upper()
+        self._exclusive = exclusive
+        self._writer: _Writer | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._lock_fd: int | None = None
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._exclusive:
+            self._lock_fd = _lock(self.path.with_name(self.path.name + ".lock"))
+        self._writer = _Writer(self.path, self._synchronous)
+        self._writer.start()
+        await self._write(_migrate)
+        if self._exclusive:
+            # The only daemon on this file: leases left by a crashed one are void.
+            await self._write(lambda c: c.execute("UPDATE deliveries SET lease_until = NULL"))
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sqlite-read")
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.stop)
+            self._writer = None
+        if self._readers is not None:
+            self._readers.shutdown(wait=True)
+            self._readers = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _write(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        assert self._writer is not None, "storage is not open"
+        return self._writer.submit(job)
+
+    async def _read(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        assert self._readers is not None, "storage is not open"
+        return await asyncio.get_running_loop().run_in_executor(self._readers, self._run_read, job)
+
+    def _run_read(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 10000")
+            self._local.conn = conn
+        return job(conn)
+
+    # -- spool -----------------------------------------------------------------
+    async def accept(self, entry: InboxEntry, processors: Sequence[str]) -> Accepted:
+        envelope = orjson.dumps(entry.envelope)
+        body = zlib.compress(entry.body, COMPRESSION_LEVEL)
+
+        def job(conn: sqlite3.Connection) -> Accepted:
+            row = conn.execute(
+                "INSERT INTO inbox (idempotency_key, certname, format, received_at, envelope, body)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+                (
+                    entry.idempotency_key,
+                    entry.certname,
+                    entry.format,
+                    entry.received_at,
+                    envelope,
+                    body if processors else None,
+                ),
+            ).fetchone()
+            if row is None:
+                (existing,) = conn.execute(
+                    "SELECT id FROM inbox WHERE idempotency_key = ?", (entry.idempotency_key,)
+                ).fetchone()
+                return Accepted(existing, duplicate=True)
+            conn.executemany(
+                "INSERT INTO deliveries (processor, report_id, next_attempt_at) VALUES (?, ?, ?)",
+                [(name, row[0], entry.received_at) for name in processors],
+            )
+            return Accepted(row[0], duplicate=False)
+
+        return await self._write(job)
+
+    async def claim(self, processor: str, limit: int, now: float, lease: float) -> list[Claim]:
+        def job(conn: sqlite3.Connection) -> list[Claim]:
+            rows = conn.execute(
+                "UPDATE deliveries SET lease_until = ? WHERE processor = ? AND report_id IN ("
+                " SELECT report_id FROM deliveries WHERE processor = ? AND state = 'pending'"
+                " AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until < ?)"
+                " ORDER BY next_attempt_at, report_id LIMIT ?) RETURNING report_id, attempts",
+                (now + lease, processor, processor, now, now, limit),
+            ).fetchall()
+            return sorted(Claim(report_id, attempts) for report_id, attempts in rows)
+
+        return await self._write(job)
+
+    async def load_spooled(self, report_ids: Sequence[int]) -> list[SpooledReport]:
+        def job(conn: sqlite3.Connection) -> list[SpooledReport]:
+            rows = conn.execute(
+                f"SELECT id, envelope, body FROM inbox WHERE id IN ({_marks(report_ids)})"
+                " AND body IS NOT NULL",
+                list(report_ids),
+            ).fetchall()
+            return [SpooledReport(i, orjson.loads(e), zlib.decompress(b)) for i, e, b in rows]
+
+        return await self._read(job)
+
+    async def finish(self, processor: str, report_ids: Sequence[int]) -> None:
+        if not report_ids:
+            return
+        ids = list(report_ids)
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                f"DELETE FROM deliveries WHERE processor = ? AND report_id IN ({_marks(ids)})",
+                [processor, *ids],
+            )
+            conn.execute(
+                f"UPDATE inbox SET body = NULL WHERE id IN ({_marks(ids)}) AND NOT EXISTS"
+                " (SELECT 1 FROM deliveries d WHERE d.report_id = inbox.id)",
+                ids,
+            )
+
+        await self._write(job)
+
+    async def fail(self, processor: str, failures: Sequence[DeliveryFailure]) -> None:
+        if not failures:
+            return
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE deliveries SET attempts = ?, last_error = ?, next_attempt_at = ?,"
+                " state = ?, lease_until = NULL WHERE processor = ? AND report_id = ?",
+                [
+                    (
+                        f.attempts,
+                        f.error[:2000],
+                        f.next_attempt_at,
+                        "dead" if f.dead else "pending",
+                        processor,
+                        f.report_id,
+                    )
+                    for f in failures
+                ],
+            )
+
+        await self._write(job)
+
+    async def queue_stats(self) -> dict[str, QueueStats]:
+        def job(conn: sqlite3.Connection) -> dict[str, QueueStats]:
+            counts: dict[str, dict[str, Any]] = {}
+            for processor, state, count, oldest in conn.execute(
+                "SELECT processor, state, count(*), min(report_id) FROM deliveries GROUP BY processor, state"
+            ):
+                counts.setdefault(processor, {})[state] = (count, oldest)
+            stats = {}
+            for processor, states in counts.items():
+                pending, oldest_id = states.get("pending", (0, None))
+                oldest_at = None
+                if oldest_id is not None:
+                    row = conn.execute("SELECT received_at FROM inbox WHERE id = ?", (oldest_id,)).fetchone()
+                    oldest_at = row[0] if row else None
+                stats[processor] = QueueStats(pending, states.get("dead", (0, None))[0], oldest_at)
+            return stats
+
+        return await self._read(job)
+
+    async def dead_letters(self, processor: str | None, limit: int) -> list[DeadLetter]:
+        def job(conn: sqlite3.Connection) -> list[DeadLetter]:
+            rows = conn.execute(
+                "SELECT d.processor, d.report_id, i.certname, d.attempts, d.last_error"
+                " FROM deliveries d JOIN inbox i ON i.id = d.report_id WHERE d.state = 'dead'"
+                " AND (? IS NULL OR d.processor = ?) ORDER BY d.report_id LIMIT ?",
+                (processor, processor, limit),
+            ).fetchall()
+            return [DeadLetter(*row) for row in rows]
+
+        return await self._read(job)
+
+    async def retry(self, processor: str | None, report_ids: Sequence[int] | None, now: float) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            sql = (
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
+                " lease_until = NULL WHERE state = 'dead' AND (? IS NULL OR processor = ?)"
+            )
+            params: list[Any] = [now, processor, processor]
+            if report_ids is not None:
+                sql += f" AND report_id IN ({_marks(report_ids)})"
+                params.extend(report_ids)
+            return conn.execute(sql, params).rowcount
+
+        return await self._write(job)
+
+    async def expire_spool(self, before: float, batch: int) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM inbox WHERE id IN (SELECT id FROM inbox WHERE received_at < ?"
+                " AND body IS NULL LIMIT ?)",
+                (before, batch),
+            ).rowcount
+
+        return await self._write(job)
+
+    # -- store -----------------------------------------------------------------
+    async def store_reports(self, reports: Sequence[StoredReport]) -> None:
+        rows = [
+            (
+                r.id,
+                r.certname,
+                r.environment,
+                r.status,
+                r.change_kind,
+                int(r.noop),
+                r.format,
+                r.origin,
+                r.transaction_uuid,
+                r.job_id,
+                r.configuration_version,
+                r.run_time,
+                r.start_time,
+                r.end_time,
+                r.received_at,
+                orjson.dumps(r.summary),
+                orjson.dumps(r.envelope),
+                r.body,
+            )
+            for r in reports
+        ]
+
+        def job(conn: sqlite3.Connection) -> None:
+            compressed = [(*row[:-1], zlib.compress(row[-1], COMPRESSION_LEVEL)) for row in rows]
+            conn.executemany(
+                f"INSERT INTO reports ({_REPORT_COLUMNS}, envelope, body)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING",
+                compressed,
+            )
+            conn.executemany(
+                f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (certname) DO UPDATE SET"
+                f" {_NEWER_RUN_SET}, last_received_at = max(nodes.last_received_at,"
+                " excluded.last_received_at)",
+                [(r[1], r[2], r[3], r[4], r[0], r[11], r[14], r[15]) for r in rows],
+            )
+
+        await self._write(job)
+
+    async def query_reports(self, query: ReportQuery) -> list[StoredReport]:
+        clauses, params = [], []
+        for column in ("certname", "status", "environment"):
+            value = getattr(query, column)
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if query.since is not None:
+            clauses.append("run_time >= ?")
+            params.append(query.since)
+        if query.until is not None:
+            clauses.append("run_time < ?")
+            params.append(query.until)
+        if query.after is not None:
+            clauses.append("(run_time < ? OR (run_time = ? AND id < ?))")
+            params.extend([query.after[0], query.after[0], query.after[1]])
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT {_REPORT_COLUMNS} FROM reports {where} ORDER BY run_time DESC, id DESC LIMIT ?"
+        params.append(query.limit)
+        return await self._read(lambda c: [_report(row) for row in c.execute(sql, params)])
+
+    async def get_report(self, report_id: int) -> StoredReport | None:
+        def job(conn: sqlite3.Connection) -> StoredReport | None:
+            row = conn.execute(
+                f"SELECT {_REPORT_COLUMNS}, envelope, body FROM reports WHERE id = ?", (report_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            return _report(row[:-2], orjson.loads(row[-2]), zlib.decompress(row[-1]))
+
+        return await self._read(job)
+
+    async def list_nodes(
+        self, *, environment: str | None, status: str | None, limit: int, after: str | None
+    ) -> list[NodeRow]:
+        sql = (
+            f"SELECT {_NODE_COLUMNS} FROM nodes WHERE (? IS NULL OR environment = ?)"
+            " AND (? IS NULL OR status = ?) AND (? IS NULL OR certname > ?)"
+            " ORDER BY certname LIMIT ?"
+        )
+        params = (environment, environment, status, status, after, after, limit)
+        return await self._read(lambda c: [_node(row) for row in c.execute(sql, params)])
+
+    async def get_node(self, certname: str) -> NodeRow | None:
+        def job(conn: sqlite3.Connection) -> NodeRow | None:
+            row = conn.execute(
+                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE certname = ?", (certname,)
+            ).fetchone()
+            return _node(row) if row else None
+
+        return await self._read(job)
+
+    async def expire_reports(self, before: float, batch: int) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            deleted = conn.execute(
+                "DELETE FROM reports WHERE id IN (SELECT id FROM reports WHERE run_time < ?"
+                " ORDER BY run_time LIMIT ?)",
+                (before, batch),
+            ).rowcount
+            conn.execute(
+                "DELETE FROM nodes WHERE certname IN (SELECT certname FROM nodes"
+                " WHERE last_received_at < ? LIMIT ?)",
+                (before, batch),
+            )
+            return deleted
+
+        return await self._write(job)
+
+    async def count_reports(self) -> int:
+        return await self._read(lambda c: c.execute("SELECT count(*) FROM reports").fetchone()[0])
+
+    # -- tokens ----------------------------------------------------------------
+    async def create_token(self, name: str, token_hash: str, permissions: Iterable[str], now: float) -> None:
+        perms = ",".join(sorted(permissions))
+
+        def job(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(
+                    "INSERT INTO tokens (name, token_hash, permissions, created_at) VALUES (?, ?, ?, ?)",
+                    (name, token_hash, perms, now),
+                )
+            except sqlite3.IntegrityError:
+                raise KeyError(name) from None
+
+        await self._write(job)
+
+    async def find_token(self, token_hash: str) -> TokenRecord | None:
+        def job(conn: sqlite3.Connection) -> TokenRecord | None:
+            row = conn.execute(
+                "SELECT name, permissions FROM tokens WHERE token_hash = ?", (token_hash,)
+            ).fetchone()
+            return TokenRecord(row[0], frozenset(filter(None, row[1].split(",")))) if row else None
+
+        return await self._read(job)
+
+    async def list_tokens(self) -> list[dict[str, Any]]:
+        def job(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute("SELECT name, permissions, created_at FROM tokens ORDER BY name")
+            return [
+                {"name": n, "permissions": sorted(filter(None, p.split(","))), "created_at": t}
+                for n, p, t in rows
+            ]
+
+        return await self._read(job)
+
+    async def revoke_token(self, name: str) -> bool:
+        return await self._write(
+            lambda c: c.execute("DELETE FROM tokens WHERE name = ?", (name,)).rowcount > 0
+        )
+
+
+# Only a newer run (by the agent's run time; the spool id breaks ties) moves a
+# node's latest status; the condition is evaluated per column in one statement.
+_NEWER = (
+    "(excluded.run_time > nodes.run_time OR"
+    " (excluded.run_time = nodes.run_time AND excluded.report_id > nodes.report_id))"
+)
+_NEWER_RUN_SET = ", ".join(
+    f"{column} = CASE WHEN {_NEWER} THEN excluded.{column} ELSE nodes.{column} END"
+    for column in ("environment", "status", "change_kind", "summary", "report_id", "run_time")
+)
+
+
+def _report(row: Sequence[Any], envelope: Any = None, body: bytes = b"") -> StoredReport:
+    return StoredReport(*row[:5], bool(row[5]), *row[6:15], orjson.loads(row[15]), envelope or {}, body)
+
+
+def _node(row: Sequence[Any]) -> NodeRow:
+    return NodeRow(*row[:7], orjson.loads(row[7]))
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ",".join("?" * len(values))
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    current = row[0] or 0
+    for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+        for statement in filter(str.strip, script.split(";")):
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+
+
+def _lock(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RuntimeError(f"another reportd is using {path.with_suffix('')}") from None
+    return fd
+
+
+class _Writer(threading.Thread):
+    """The single writing connection; see the module docstring."""
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        super().__init__(name="sqlite-writer", daemon=True)
+        self._path = path
+        self._synchronous = synchronous
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+
+    def submit(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._jobs.put((job, future, loop))
+        return future
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+        self.join()
+
+    def run(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        conn.execute("PRAGMA busy_timeout = 10000")
+        stopping = False
+        while not stopping:
+            group = [self._jobs.get()]
+            while len(group) < MAX_GROUP:
+                try:
+                    group.append(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+            if None in group:
+                stopping = True
+                group = [item for item in group if item is not None]
+            if group:
+                self._run_group(conn, group)
+        conn.close()
+
+    def _run_group(self, conn: sqlite3.Connection, group: list) -> None:
+        outcomes = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job, future, loop in group:
+                conn.execute("SAVEPOINT job")
+                try:
+                    outcomes.append((future, loop, job(conn), None))
+                    conn.execute("RELEASE job")
+                except Exception as error:  # the job's own failure, reported to its caller
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append((future, loop, None, error))
+            conn.execute("COMMIT")
+        except Exception as error:  # the commit itself failed: nothing in the group happened
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            outcomes = [(future, loop, None, error) for _, future, loop in group]
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for future, loop, result, error in outcomes:
+            by_loop.setdefault(loop, []).append((future, result, error))
+        for loop, items in by_loop.items():
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_settle, items)
+
+
+def _settle(items: list) -> None:
+    for future, result, error in items:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)

@@ -1,0 +1,84 @@
+"""Application keys, error bodies of each API family, authentication and body reading."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from reportd.auth import Authenticator, Identity
+
+if TYPE_CHECKING:
+    pass
+
+CONFIG = web.AppKey("config", "Config")
+STORAGE = web.AppKey("storage", "Storage")
+CONTEXT = web.AppKey("context", "PluginContext")
+DISPATCHER = web.AppKey("dispatcher", "Dispatcher")
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+
+log = structlog.get_logger("reportd.web")
+
+
+def json_response(data: Any, status: int = 200, headers: dict | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def json_error(status: int, body: Any) -> web.HTTPException:
+    """An exception carrying a JSON error body, for ``raise`` anywhere in a handler."""
+    error = web.HTTPException(body=orjson.dumps(body), content_type="application/json")
+    error.set_status(status)
+    return error
+
+
+def api_error(status: int, message: str, details: dict | None = None) -> web.HTTPException:
+    """reportd's own API family: ``{"error": {"message", "details"}}``."""
+    error: dict[str, Any] = {"message": message}
+    if details:
+        error["details"] = details
+    return json_error(status, {"error": error})
+
+
+def puppet_error(status: int, message: str, kind: str) -> web.HTTPException:
+    """puppetserver's error body; the agent logs ``message``."""
+    return json_error(status, {"message": message, "issue_kind": kind})
+
+
+async def identify(request: web.Request) -> Identity:
+    identity = request.get("identity")
+    if identity is None:
+        identity = await request.app[AUTHENTICATOR].identify(request)
+        request["identity"] = identity
+    return identity
+
+
+async def require_permission(request: web.Request, permission: str) -> Identity:
+    identity = await identify(request)
+    if not identity.allows(permission):
+        log.warning("request_forbidden", path=request.path, subject=identity.subject, missing=permission)
+        raise api_error(403, "Access denied", {"missing_permissions": [permission]})
+    return identity
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body (already gunzipped by aiohttp), refusing more than ``limit`` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge
+    chunks = bytearray()
+    async for chunk in request.content.iter_chunked(256 * 1024):
+        chunks += chunk
+        if len(chunks) > limit:
+            raise BodyTooLarge
+    return bytes(chunks)
+
+
+def base_url(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
