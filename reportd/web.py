@@ -18,6 +18,8 @@ STORAGE = web.AppKey("storage", "Storage")
 CONTEXT = web.AppKey("context", "PluginContext")
 DISPATCHER = web.AppKey("dispatcher", "Dispatcher")
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+# aiohttp >= 3.14 warns about plain string keys in request storage.
+IDENTITY = web.RequestKey("identity", Identity) if hasattr(web, "RequestKey") else "identity"
 
 log = structlog.get_logger("reportd.web")
 
@@ -30,7 +32,7 @@ def json_response(data: Any, status: int = 200, headers: dict | None = None) -> 
 
 def json_error(status: int, body: Any) -> web.HTTPException:
     """An exception carrying a JSON error body, for ``raise`` anywhere in a handler."""
-    error = web.HTTPException(body=orjson.dumps(body), content_type="application/json")
+    error = web.HTTPException(text=orjson.dumps(body).decode(), content_type="application/json")
     error.set_status(status)
     return error
 
@@ -49,10 +51,10 @@ def puppet_error(status: int, message: str, kind: str) -> web.HTTPException:
 
 
 async def identify(request: web.Request) -> Identity:
-    identity = request.get("identity")
+    identity = request.get(IDENTITY)
     if identity is None:
         identity = await request.app[AUTHENTICATOR].identify(request)
-        request["identity"] = identity
+        request[IDENTITY] = identity
     return identity
 
 

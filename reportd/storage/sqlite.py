@@ -206,7 +206,7 @@ class SQLiteStorage(Storage):
                 " ORDER BY next_attempt_at, report_id LIMIT ?) RETURNING report_id, attempts",
                 (now + lease, processor, processor, now, now, limit),
             ).fetchall()
-            return sorted(Claim(report_id, attempts) for report_id, attempts in rows)
+            return [Claim(report_id, attempts) for report_id, attempts in sorted(rows)]
 
         return await self._write(job)
 
