@@ -1,0 +1,96 @@
+"""The shipped files: the commented INI, the systemd unit, sd_notify readiness."""
+
+from __future__ import annotations
+
+import configparser
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reportd.config import CORE_SETTINGS, load_config
+from reportd.plugin_manager import declared_settings, get_plugin_manager
+from tests.conftest import ini_for
+
+ROOT = Path(__file__).parents[1]
+INI = ROOT / "etc" / "reportd.ini"
+UNIT = ROOT / "systemd" / "reportd.service"
+
+
+def shipped_ini() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, delimiters=("=",), comment_prefixes=(";", "#"))
+    parser.optionxform = str
+    parser.read(INI)
+    return parser
+
+
+def test_ini_lists_every_core_key_with_its_default():
+    core = shipped_ini()["reportd"]
+    assert set(core) == set(CORE_SETTINGS)
+    for key, setting in CORE_SETTINGS.items():
+        if key != "data_dir":  # the packaged path, where the default is "derive one"
+            assert core[key] == setting.default, key
+    text = INI.read_text()
+    for key in CORE_SETTINGS:
+        before = text.split(f"\n{key} =", 1)[0].rsplit("\n", 1)[-1]
+        assert before.startswith(";") or before == "", f"{key} has no comment above it"
+
+
+def test_ini_lists_every_builtin_plugin_key_with_its_default():
+    parser = shipped_ini()
+    for name, settings in declared_settings(get_plugin_manager(load_entrypoints=False)).items():
+        section = parser[f"plugin:{name}"]
+        assert {k: section[k] for k in section} == {k: s.default for k, s in settings.items()}
+
+
+def test_check_config_accepts_the_shipped_ini():
+    result = subprocess.run(
+        [sys.executable, "-m", "reportd", "--config", str(INI), "check-config"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert load_config(INI).listen == ("127.0.0.1", 8141)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed here")
+def test_systemd_unit_verifies(tmp_path):
+    reportd = Path(sys.executable).with_name("reportd")
+    assert reportd.exists(), "the reportd console script is installed beside the interpreter"
+    unit = tmp_path / "reportd.service"
+    unit.write_text(UNIT.read_text().replace("/usr/bin/reportd", str(reportd)))
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "reportd.service" not in result.stderr, result.stderr
+
+
+def test_unit_is_notify_with_check_config_and_hardening():
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read(UNIT)
+    service = unit["Service"]
+    assert service["Type"] == "notify"
+    assert service["ExecStartPre"].endswith("check-config")
+    assert service["Restart"] == "on-failure"
+    for key, value in {
+        "ProtectSystem": "strict",
+        "NoNewPrivileges": "yes",
+        "StateDirectory": "reportd",
+    }.items():
+        assert service[key] == value
+
+
+def test_daemon_notifies_systemd_when_listening_and_when_stopping(daemon_factory, tmp_path, monkeypatch):
+    address = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(address))
+        sock.settimeout(20)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(address))
+        daemon = daemon_factory(ini_for(tmp_path / "data")).start()
+        assert sock.recv(256) == b"READY=1"
+        assert b'"event": "listening"' in daemon.log_path.read_bytes()
+        assert daemon.stop() == 0
+        assert sock.recv(256) == b"STOPPING=1"
