@@ -1,0 +1,33 @@
+"""A real Puppet 7 agent (Debian's puppet-agent) against a real reportd over mutual TLS."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+SCRIPT = Path(__file__).with_name("check-real-agent.sh")
+
+
+@pytest.mark.skipif(
+    shutil.which("puppet") is None, reason="needs Debian's puppet-agent: apt-get install puppet-agent"
+)
+def test_real_puppet_agent_over_mutual_tls(tmp_path):
+    reportd = Path(sys.executable).with_name("reportd")
+    result = subprocess.run(
+        ["bash", str(SCRIPT)],
+        env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "REPORTD": str(reportd), "HOME": str(tmp_path),
+             "REPORTD_PORT": str(free_port())},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (
+        "stored, in arrival order: ['failed', 'changed', 'noop_pending', 'failed', 'changed']"
+        in result.stderr
+    )
+    assert "reportd accepted 5 reports over mutual TLS" in result.stderr
