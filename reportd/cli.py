@@ -162,6 +162,10 @@ def send(files, url, fmt, environment, token, cacert, cert, key, compress) -> No
                 click.echo(f"{name}: not JSON or YAML: {error}", err=True)
                 failures += 1
                 continue
+            if not isinstance(data, dict):
+                click.echo(f"{name}: not a report object", err=True)
+                failures += 1
+                continue
             host = urllib.parse.quote(str(data.get("host", "")), safe="")
             env = urllib.parse.quote(environment or data.get("environment") or "production")
             method, path = "PUT", f"/puppet/v3/report/{host}?environment={env}"

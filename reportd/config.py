@@ -153,7 +153,12 @@ def load_config(path: Path | str | None) -> Config:
 
 def load_config_string(text: str, *, source: str = "<string>") -> Config:
     parser = configparser.ConfigParser(
-        interpolation=None, delimiters=("=",), comment_prefixes=(";", "#"), strict=True
+        interpolation=None,
+        delimiters=("=",),
+        comment_prefixes=(";", "#"),
+        strict=True,
+        # [DEFAULT] would leak into every section; make it an unknown section like any other.
+        default_section="\x00none",
     )
     parser.optionxform = str  # keys are case-sensitive globs in [stale_after]
     try:

@@ -1,0 +1,409 @@
+"""Mutual TLS and API tokens through a real ``reportd serve`` with TLS (spec README, "Who may do what")."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+import trustme
+
+from tests.conftest import SAMPLE_CERTNAME, Daemon, ini_for, sample
+
+OTHER = "other.example.test"
+FORWARDER = "puppetserver.example.test"
+CHANGES_UUID = b"3e230e53-402f-4e33-bffa-4dcbd3e4f65e"
+PUT_PATH = f"/puppet/v3/report/{SAMPLE_CERTNAME}?environment=production"
+YAML = sample("http-processor-failure.yaml")
+YAML_TYPE = "application/x-yaml"
+YAML_UUID = "edd685cf-de74-45ec-be8c-12d2bb874e2d"
+
+
+@dataclass(frozen=True)
+class PKI:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    clients: dict[str, ssl.SSLContext]
+
+
+def _write_leaf(leaf: trustme.LeafCert, path: Path) -> Path:
+    path.write_bytes(leaf.private_key_pem.bytes() + b"".join(pem.bytes() for pem in leaf.cert_chain_pems))
+    return path
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> PKI:
+    directory = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    rogue_ca = trustme.CA()
+    rogue_ca.cert_pem.write_to_path(str(directory / "rogue-ca.pem"))
+    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    server.cert_chain_pems[0].write_to_path(str(directory / "server.pem"))
+    server.private_key_pem.write_to_path(str(directory / "server.key"))
+    leaves = {
+        "lab": ca.issue_cert(SAMPLE_CERTNAME, common_name=SAMPLE_CERTNAME),
+        "other": ca.issue_cert(OTHER, common_name=OTHER),
+        "forwarder": ca.issue_cert(FORWARDER, common_name=FORWARDER),
+        # the certname as the CN only, or as a DNS SAN only
+        "lab-cn": ca.issue_cert("alias.example.test", common_name=SAMPLE_CERTNAME),
+        "lab-san": ca.issue_cert("alias.example.test", SAMPLE_CERTNAME, common_name="alias.example.test"),
+        # right name, wrong CA
+        "rogue": rogue_ca.issue_cert(SAMPLE_CERTNAME, common_name=SAMPLE_CERTNAME),
+    }
+    clients: dict[str, ssl.SSLContext] = {}
+    for name, leaf in [("none", None), *leaves.items()]:
+        context = ssl.create_default_context(cafile=str(directory / "ca.pem"))
+        if leaf is not None:
+            context.load_cert_chain(_write_leaf(leaf, directory / f"{name}.pem"))
+        clients[name] = context
+    return PKI(directory / "ca.pem", directory / "server.pem", directory / "server.key", clients)
+
+
+def tls_ini(tmp_path: Path, pki: PKI) -> str:
+    """Mutual TLS, nothing for loopback, one trusted forwarder."""
+    extra = (
+        f"tls_cert = {pki.server_cert}\ntls_key = {pki.server_key}\ntls_ca = {pki.ca}\n"
+        f"anonymous_networks =\ntrusted_forwarders = {FORWARDER}\n"
+    )
+    return ini_for(tmp_path, extra)
+
+
+@pytest.fixture
+def daemon(daemon_factory, tmp_path, pki) -> Daemon:
+    return daemon_factory(tls_ini(tmp_path, pki), scheme="https").start()
+
+
+@dataclass
+class Answer:
+    status: int
+    content_type: str
+    body: bytes
+
+    def json(self):
+        return orjson.loads(self.body)
+
+
+async def call(
+    daemon: Daemon,
+    pki: PKI,
+    method: str,
+    path: str,
+    *,
+    body: bytes | None = None,
+    cert: str = "none",
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+    content_type: str = "application/json",
+) -> Answer:
+    headers = dict(headers or {})
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    if body is not None:
+        headers["Content-Type"] = content_type
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(
+            method, daemon.url + path, data=body, ssl=pki.clients[cert], headers=headers
+        ) as response,
+    ):
+        return Answer(response.status, response.content_type, await response.read())
+
+
+def basic(username: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()}
+
+
+def changes(run_id: str | None = None, host: str | None = None) -> bytes:
+    body = sample("agent-changes.json")
+    if run_id is not None:
+        body = body.replace(CHANGES_UUID, run_id.encode())
+    if host is not None:
+        body = body.replace(f'"host":"{SAMPLE_CERTNAME}"'.encode(), f'"host":"{host}"'.encode())
+    return body
+
+
+async def cli(daemon: Daemon, *args: str) -> str:
+    result = await asyncio.to_thread(daemon.cli, *args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+async def create_token(daemon: Daemon, name: str, *permissions: str) -> str:
+    flags = [arg for permission in permissions for arg in ("-p", permission)]
+    out = await cli(daemon, "token", "create", name, *flags)
+    lines = out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rpd_"), out
+    return lines[0]
+
+
+async def stored(daemon: Daemon, pki: PKI, viewer: str, certname: str | None = None) -> list[dict]:
+    path = "/api/v1/reports" + (f"?certname={certname}" if certname else "")
+    answer = await call(daemon, pki, "GET", path, token=viewer)
+    assert answer.status == 200, answer.body
+    return answer.json()["items"]
+
+
+async def wait_stored(daemon, pki, viewer, count: int, certname: str | None = None) -> list[dict]:
+    deadline = time.monotonic() + 15
+    while True:
+        items = await stored(daemon, pki, viewer, certname)
+        if len(items) >= count:
+            assert len(items) == count, items
+            return items
+        assert time.monotonic() < deadline, f"{len(items)} of {count} reports stored"
+        await asyncio.sleep(0.05)
+
+
+def assert_puppet_forbidden(answer: Answer) -> None:
+    assert answer.status == 403, answer.body
+    assert answer.content_type == "application/json"
+    body = answer.json()
+    assert set(body) == {"message", "issue_kind"}
+    assert body["issue_kind"] == "FORBIDDEN"
+    assert body["message"].startswith("Forbidden request: /")
+
+
+async def test_node_submits_its_own_report(daemon, pki):
+    answer = await call(daemon, pki, "PUT", PUT_PATH, cert="lab", body=changes())
+    assert answer.status == 200, answer.body
+    assert answer.content_type == "application/json"
+    assert answer.json() == ["store"]
+
+    # Path A with the node's own certificate: the body's host is the node
+    answer = await call(
+        daemon, pki, "POST", "/puppet/v3/report", cert="lab", body=YAML, content_type=YAML_TYPE
+    )
+    assert answer.status == 200, answer.body
+    assert answer.json() == ["store"]
+
+    viewer = await create_token(daemon, "viewer", "view_reports")
+    items = await wait_stored(daemon, pki, viewer, 2, SAMPLE_CERTNAME)
+    assert {item["transaction_uuid"] for item in items} == {CHANGES_UUID.decode(), YAML_UUID}
+    assert all(item["certname"] == SAMPLE_CERTNAME for item in items)
+    assert all(item["url"].startswith(f"https://127.0.0.1:{daemon.port}/api/v1/reports/") for item in items)
+
+    # a node certificate uploads; it does not read
+    answer = await call(daemon, pki, "GET", "/api/v1/reports", cert="lab")
+    assert answer.status == 403
+    assert answer.json() == {
+        "error": {"message": "Access denied", "details": {"missing_permissions": ["view_reports"]}}
+    }
+
+
+@pytest.mark.parametrize("cert", ["lab-cn", "lab-san"])
+async def test_certname_from_cn_or_dns_san(daemon, pki, cert):
+    answer = await call(daemon, pki, "PUT", PUT_PATH, cert=cert, body=changes())
+    assert answer.status == 200, answer.body
+    # the certificate's other name is its own too; lab-agent's certificate may not use it
+    path = "/puppet/v3/report/alias.example.test?environment=production"
+    alias_report = changes(host="alias.example.test")
+    answer = await call(daemon, pki, "PUT", path, cert=cert, body=alias_report)
+    assert answer.status == 200, answer.body
+    answer = await call(daemon, pki, "PUT", path, cert="lab", body=alias_report)
+    assert_puppet_forbidden(answer)
+
+
+async def test_other_node_may_not_submit_for_lab_agent(daemon, pki):
+    answer = await call(daemon, pki, "PUT", PUT_PATH, cert="other", body=changes())
+    assert_puppet_forbidden(answer)
+    assert answer.json()["message"] == f"Forbidden request: /puppet/v3/report/{SAMPLE_CERTNAME} (method PUT)"
+
+    for path in ("/puppet/v3/report", "/reports/upload"):
+        answer = await call(daemon, pki, "POST", path, cert="other", body=YAML, content_type=YAML_TYPE)
+        assert_puppet_forbidden(answer)
+        answer = await call(daemon, pki, "POST", path, cert="other", body=changes(str(uuid.uuid4())))
+        assert_puppet_forbidden(answer)
+
+    # its own name in the path, lab-agent's report in the body: refused too
+    other_path = f"/puppet/v3/report/{OTHER}?environment=production"
+    answer = await call(daemon, pki, "PUT", other_path, cert="other", body=changes())
+    assert answer.status == 400
+    assert answer.json()["issue_kind"] == "REPORT_HOST_MISMATCH"
+
+    # its own report is fine; once that one is stored, the refused ones would be too
+    answer = await call(daemon, pki, "PUT", other_path, cert="other", body=changes(host=OTHER))
+    assert answer.status == 200, answer.body
+    viewer = await create_token(daemon, "viewer", "view_reports")
+    items = await wait_stored(daemon, pki, viewer, 1)
+    assert [item["certname"] for item in items] == [OTHER]
+    assert await stored(daemon, pki, viewer, SAMPLE_CERTNAME) == []
+
+    listing = (await cli(daemon, "reports")).splitlines()
+    assert len(listing) == 1
+    assert listing[0].endswith(f" {OTHER}")
+    assert await cli(daemon, "reports", "--certname", SAMPLE_CERTNAME) == ""
+
+
+async def test_forwarder_submits_for_any_node(daemon, pki):
+    answer = await call(daemon, pki, "PUT", PUT_PATH, cert="forwarder", body=changes())
+    assert answer.status == 200, answer.body
+    assert answer.content_type == "application/json"
+    assert answer.json() == ["store"]
+    answer = await call(
+        daemon, pki, "POST", "/reports/upload", cert="forwarder", body=YAML, content_type=YAML_TYPE
+    )
+    assert answer.status == 200, answer.body
+    answer = await call(daemon, pki, "POST", "/puppet/v3/report", cert="forwarder", body=changes(host=OTHER))
+    assert answer.status == 200, answer.body
+
+    viewer = await create_token(daemon, "viewer", "view_reports")
+    items = await wait_stored(daemon, pki, viewer, 3)
+    assert sorted(item["certname"] for item in items) == [SAMPLE_CERTNAME, SAMPLE_CERTNAME, OTHER]
+    # a forwarder's certificate is for uploading only
+    answer = await call(daemon, pki, "GET", "/api/v1/reports", cert="forwarder")
+    assert answer.status == 403
+
+
+async def test_tokens_in_each_header(daemon, pki):
+    answer = await call(daemon, pki, "PUT", PUT_PATH, body=changes())
+    assert_puppet_forbidden(answer)
+
+    uploader = await create_token(daemon, "uploader", "upload_config_reports")
+    run_ids = [str(uuid.uuid4()) for _ in range(3)]
+    headers = [
+        {"Authorization": f"Bearer {uploader}"},
+        {"X-Authentication": uploader},
+        basic("foreman", uploader),
+    ]
+    for run_id, header in zip(run_ids, headers, strict=True):
+        answer = await call(daemon, pki, "PUT", PUT_PATH, body=changes(run_id), headers=header)
+        assert answer.status == 200, (header, answer.body)
+        assert answer.content_type == "application/json"
+        assert answer.json() == ["store"]
+
+    viewer = await create_token(daemon, "viewer", "view_reports")
+    items = await wait_stored(daemon, pki, viewer, 3, SAMPLE_CERTNAME)
+    assert {item["transaction_uuid"] for item in items} == set(run_ids)
+
+
+async def test_token_permissions_and_revocation(daemon, pki):
+    uploader = await create_token(daemon, "uploader", "upload_config_reports")
+    answer = await call(daemon, pki, "GET", "/api/v1/reports", token=uploader)
+    assert answer.status == 403
+    assert answer.content_type == "application/json"
+    body = answer.json()
+    assert set(body) == {"error"}
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert body["error"]["details"] == {"missing_permissions": ["view_reports"]}
+    answer = await call(daemon, pki, "GET", "/api/v1/reports", headers={"X-Authentication": uploader})
+    assert answer.status == 403
+
+    viewer = await create_token(daemon, "viewer", "view_reports")
+    answer = await call(daemon, pki, "PUT", PUT_PATH, token=viewer, body=changes())
+    assert_puppet_forbidden(answer)
+    assert await stored(daemon, pki, viewer) == []
+
+    answer = await call(daemon, pki, "PUT", PUT_PATH, token=uploader, body=changes())
+    assert answer.status == 200
+    assert (await cli(daemon, "token", "revoke", "uploader")).strip() == "revoked uploader"
+    revoked_at = time.monotonic()
+    while True:
+        # the same report again: a duplicate while the token still works, so nothing piles up
+        answer = await call(daemon, pki, "PUT", PUT_PATH, token=uploader, body=changes())
+        if answer.status == 403:
+            break
+        assert answer.status == 200, answer.body
+        assert time.monotonic() - revoked_at < 6.5, "revoked token still accepted after 6.5 s"
+        await asyncio.sleep(0.2)
+    assert_puppet_forbidden(answer)
+    for header in ({"X-Authentication": uploader}, basic("x", uploader)):
+        answer = await call(daemon, pki, "PUT", PUT_PATH, headers=header, body=changes(str(uuid.uuid4())))
+        assert answer.status == 403
+    # the other token still works, and only the one report was stored
+    assert len(await wait_stored(daemon, pki, viewer, 1)) == 1
+
+
+async def test_wrong_token_is_refused(daemon, pki):
+    await create_token(daemon, "uploader", "upload_config_reports", "view_reports")
+    for headers in (
+        {"X-Authentication": "rpd_not-a-real-token"},
+        {"Authorization": "Bearer rpd_not-a-real-token"},
+        basic("admin", "rpd_not-a-real-token"),
+        {"Authorization": "Basic !!!not-base64"},
+    ):
+        answer = await call(daemon, pki, "PUT", PUT_PATH, headers=headers, body=changes())
+        assert_puppet_forbidden(answer)
+        answer = await call(daemon, pki, "GET", "/api/v1/reports", headers=headers)
+        assert answer.status == 403
+        assert answer.json()["error"]["details"] == {"missing_permissions": ["view_reports"]}
+
+
+async def test_client_certificate_from_another_ca_cannot_connect(daemon, pki):
+    with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+        await call(daemon, pki, "PUT", PUT_PATH, cert="rogue", body=changes())
+    # the same request with the node's real certificate goes through
+    answer = await call(daemon, pki, "PUT", PUT_PATH, cert="lab", body=changes())
+    assert answer.status == 200
+
+
+async def test_system_trust_store_does_not_authenticate_nodes(daemon_factory, tmp_path, pki, monkeypatch):
+    # Only tls_ca signs node certificates. A CA the system trusts (a distribution's
+    # bundle: here the one OpenSSL is pointed at with SSL_CERT_FILE) must not make
+    # its certificates nodes or forwarders.
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca.parent / "rogue-ca.pem"))
+    daemon = daemon_factory(tls_ini(tmp_path, pki), scheme="https").start()
+    try:
+        answer = await call(daemon, pki, "PUT", PUT_PATH, cert="rogue", body=changes())
+    except (aiohttp.ClientError, ssl.SSLError, ConnectionError):
+        pass  # refused at the handshake: right
+    else:
+        assert answer.status == 403, (
+            f"a certificate from a CA other than tls_ca was accepted: {answer.status}"
+        )
+    answer = await call(daemon, pki, "PUT", PUT_PATH, cert="lab", body=changes())
+    assert answer.status == 200
+
+
+async def test_plain_http_is_not_served(daemon):
+    with pytest.raises(aiohttp.ClientError):
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(daemon.url.replace("https://", "http://") + "/healthz") as response,
+        ):
+            await response.read()
+
+
+async def test_cli_send_with_client_certificate_and_token(daemon, pki, tmp_path):
+    lab_pem, other_pem = str(pki.ca.parent / "lab.pem"), str(pki.ca.parent / "other.pem")
+    report = tmp_path / "report.json"
+    report.write_bytes(changes(str(uuid.uuid4())))
+    tls = ["--url", daemon.url, "--cacert", str(pki.ca)]
+
+    result = await asyncio.to_thread(
+        daemon.cli, "send", str(report), *tls, "--cert", lab_pem, "--key", lab_pem
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f'{report}: 200 ["store"]\n'
+
+    result = await asyncio.to_thread(daemon.cli, "send", str(report), *tls, "--cert", other_pem)
+    assert result.returncode == 1
+    assert f"{report}: 403 " in result.stderr and '"issue_kind":"FORBIDDEN"' in result.stderr
+
+    result = await asyncio.to_thread(daemon.cli, "send", str(report), *tls)
+    assert result.returncode == 1
+    assert f"{report}: 403 " in result.stderr
+
+    uploader = await create_token(daemon, "uploader", "upload_config_reports")
+    yaml_file = tmp_path / "report.yaml"
+    yaml_file.write_bytes(YAML)
+    result = await asyncio.to_thread(daemon.cli, "send", str(yaml_file), *tls, "--token", uploader)
+    assert result.returncode == 0, result.stderr
+
+    # without the CA the daemon's certificate is not trusted
+    result = await asyncio.to_thread(
+        daemon.cli, "send", str(report), "--url", daemon.url, "--token", uploader
+    )
+    assert result.returncode == 1
+    assert "CERTIFICATE_VERIFY_FAILED" in result.stderr
+
+    viewer = await create_token(daemon, "viewer", "view_reports")
+    assert len(await wait_stored(daemon, pki, viewer, 2, SAMPLE_CERTNAME)) == 2
