@@ -156,9 +156,7 @@ async def closed_loop(session, spec: WorkerSpec, recorder: Recorder, bodies: Bod
     await asyncio.gather(*(connection() for _ in range(spec.connections)))
 
 
-async def open_loop(
-    session, spec: WorkerSpec, recorder: Recorder, bodies: Bodies, t0: float
-) -> None:
+async def open_loop(session, spec: WorkerSpec, recorder: Recorder, bodies: Bodies, t0: float) -> None:
     # Our own semaphore rather than the connector's queue, so reports waiting for a
     # connection are not rendered (and held in memory) before their turn.
     free = asyncio.Semaphore(spec.connections)
@@ -305,17 +303,13 @@ async def poll_queue(session: aiohttp.ClientSession, base_url: str) -> QueueSamp
     # The count was taken somewhere between send and answer; under load that gap is
     # not negligible, so split it.
     at = (sent + time.monotonic()) / 2
-    return QueueSample(
-        at, int(store["pending"]), int(store["dead"]), store.get("oldest_pending_seconds")
-    )
+    return QueueSample(at, int(store["pending"]), int(store["dead"]), store.get("oldest_pending_seconds"))
 
 
 class Sampler:
     """Samples the server's CPU, RSS and (for reportd) queue once a second."""
 
-    def __init__(
-        self, pid: int, session: aiohttp.ClientSession, base_url: str, queue: bool
-    ) -> None:
+    def __init__(self, pid: int, session: aiohttp.ClientSession, base_url: str, queue: bool) -> None:
         self.pid, self.session, self.base_url, self.queue = pid, session, base_url, queue
         self.cpu: list[tuple[float, float]] = []
         self.rss_kb: list[int] = []
@@ -410,6 +404,17 @@ async def wait_ready(session: aiohttp.ClientSession, url: str, process: subproce
     raise TargetFailed(f"not ready after {READY_TIMEOUT:.0f} s")
 
 
+async def until(condition, wait_seconds: float) -> bool:
+    # Polling instead of a blocking wait in a thread, so that cancelling (SIGTERM)
+    # is never held up by a thread that cannot be interrupted.
+    deadline = time.monotonic() + wait_seconds
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
 def split(total: int, parts: int) -> list[int]:
     return [total // parts + (i < total % parts) for i in range(parts)]
 
@@ -439,10 +444,9 @@ async def run_load(
         child_end.close()
         pipes.append(parent_end)
         workers.append(worker)
-    loop = asyncio.get_running_loop()
 
     async def receive(pipe, wait_seconds: float):
-        if not await loop.run_in_executor(None, pipe.poll, wait_seconds):
+        if not await until(pipe.poll, wait_seconds):
             raise TargetFailed("a load worker did not answer")
         try:
             return pipe.recv()
@@ -466,6 +470,10 @@ async def run_load(
         await sampler.sample_queue()
         limit = REQUEST_TIMEOUT + 30
         results = await asyncio.gather(*(receive(pipe, limit) for pipe in pipes))
+    except BaseException:
+        for worker in workers:
+            worker.kill()
+        raise
     finally:
         for worker in workers:
             worker.join(timeout=5)
@@ -477,68 +485,69 @@ async def run_load(
 async def stop_server(process: subprocess.Popen) -> dict:
     stopped = time.monotonic()
     process.send_signal(signal.SIGTERM)
-    loop = asyncio.get_running_loop()
-    try:
-        code = await loop.run_in_executor(None, process.wait, EXIT_TIMEOUT)
-    except subprocess.TimeoutExpired:
+    if not await until(lambda: process.poll() is not None, EXIT_TIMEOUT):
         process.kill()
         process.wait()
         return {"exit_code": None, "exit_seconds": None}
-    return {"exit_code": code, "exit_seconds": time.monotonic() - stopped}
+    return {"exit_code": process.returncode, "exit_seconds": time.monotonic() - stopped}
+
+
+async def measure(result: dict, args, templates, process: subprocess.Popen, base_url: str) -> None:
+    """Fill in ``result`` as figures come, so a failure keeps what was measured."""
+    target = result["target"]
+    has_queue = target == "reportd"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        ready_url = base_url + (QUEUE_PATH if has_queue else "/ready")
+        result["ready_seconds"] = await wait_ready(session, ready_url, process)
+        sampler = Sampler(process.pid, session, base_url, has_queue)
+        sampler.start()
+        print(f"[{target}] ready; {WARMUP_SECONDS:.0f} s warm-up, {args.duration:g} s load", flush=True)
+        try:
+            workers, window_start = await run_load(args, base_url, templates, sampler)
+            window_end = window_start + args.duration
+            result.update(summarize_load(workers, args.duration))
+            result.update(server_figures(sampler, window_start, window_end))
+            if process.poll() is not None:
+                raise TargetFailed(f"exited with {process.returncode} during the load")
+            if has_queue:
+                print(f"[{target}] load done; waiting for the store to drain", flush=True)
+                result.update(await store_figures(sampler, workers, window_start, window_end, process))
+        finally:
+            await sampler.stop()
+    result["rss_peak_mb"] = status_kb(process.pid, "VmHWM") / 1024
 
 
 async def run_target(target: str, args, templates: tuple[BodyTemplate, ...]) -> dict:
-    port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix=f"ingest-bench-{target}-"))
     data_dir = workdir / "data"
     data_dir.mkdir()
     log_path = workdir / "server.log"
+    port = free_port()
     argv = server_argv(target, args, port, data_dir)
-    base_url = f"http://127.0.0.1:{port}"
-    has_queue = target == "reportd"
     print(f"[{target}] $ {shlex.join(argv)}", flush=True)
     result: dict = {"target": target, "command": shlex.join(argv)}
     process = start_server(argv, log_path)
-    failed = True
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
-            ready_url = base_url + (QUEUE_PATH if has_queue else "/ready")
-            result["ready_seconds"] = await wait_ready(session, ready_url, process)
-            sampler = Sampler(process.pid, session, base_url, has_queue)
-            sampler.start()
-            print(
-                f"[{target}] ready; {WARMUP_SECONDS:.0f} s warm-up, {args.duration:g} s load",
-                flush=True,
-            )
-            try:
-                workers, window_start = await run_load(args, base_url, templates, sampler)
-                window_end = window_start + args.duration
-                result.update(summarize_load(workers, args.duration))
-                result.update(server_figures(sampler, window_start, window_end))
-                if has_queue:
-                    print(f"[{target}] load done; waiting for the store to drain", flush=True)
-                    result.update(await store_figures(sampler, workers, window_start, window_end))
-            finally:
-                await sampler.stop()
-            result["rss_peak_mb"] = status_kb(process.pid, "VmHWM") / 1024
+        await measure(result, args, templates, process, f"http://127.0.0.1:{port}")
         result.update(await stop_server(process))
-        failed = result["exit_code"] != 0
+        if result["exit_code"] is None:
+            result["failure"] = f"still running {EXIT_TIMEOUT:.0f} s after SIGTERM"
+        elif result["exit_code"] != 0:
+            result["failure"] = f"exit code {result['exit_code']} after SIGTERM"
     except TargetFailed as exc:
         result["failure"] = str(exc)
-        print(f"[{target}] FAILED: {exc}", file=sys.stderr)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-        if failed:
-            print(
-                f"[{target}] server log {log_path}, last lines:\n{tail(log_path)}", file=sys.stderr
-            )
-        if not args.keep_data and not failed:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
+        if args.keep_data or "failure" in result:
             result["workdir"] = str(workdir)
-    result["ok"] = not failed
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    result["ok"] = "failure" not in result
+    if not result["ok"]:
+        print(f"[{target}] FAILED: {result['failure']}; last lines of {log_path}:", flush=True)
+        print(tail(log_path), flush=True)
     return result
 
 
@@ -578,7 +587,9 @@ def server_figures(sampler: Sampler, start: float, end: float) -> dict:
     }
 
 
-async def store_figures(sampler: Sampler, workers: list[dict], start: float, end: float) -> dict:
+async def store_figures(
+    sampler: Sampler, workers: list[dict], start: float, end: float, process: subprocess.Popen
+) -> dict:
     accepted_at = sorted(t for w in workers for t in w["accepted_at"])
 
     def finished(sample: QueueSample) -> int:
@@ -590,16 +601,14 @@ async def store_figures(sampler: Sampler, workers: list[dict], start: float, end
         first = min(edges, key=lambda s: abs(s.at - start))
         last = min(edges, key=lambda s: abs(s.at - end))
         if last.at > first.at:
-            figures["store_finished_per_s"] = (finished(last) - finished(first)) / (
-                last.at - first.at
-            )
+            figures["store_finished_per_s"] = (finished(last) - finished(first)) / (last.at - first.at)
     inside = [s.pending for s in sampler.pending if start <= s.at <= end]
     figures["pending_max_during_load"] = max(inside, default=None)
     figures["pending_at_load_end"] = next((s.pending for s in sampler.pending if s.at >= end), None)
     # Only once every worker has its answers can pending 0 mean "all caught up".
     load_stopped = end
     settled = max(w["done_at"] for w in workers)
-    while time.monotonic() - load_stopped < DRAIN_CAP:
+    while time.monotonic() - load_stopped < DRAIN_CAP and process.poll() is None:
         sample = await sampler.sample_queue()
         if sample and sample.at > settled and sample.pending == 0:
             figures["drain_seconds"] = max(0.0, sample.at - load_stopped)
@@ -698,14 +707,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resources", type=int, default=50, help="resource statuses per report")
     parser.add_argument("--duration", type=float, default=60, help="measured load, seconds")
     parser.add_argument("--connections", type=int, default=64, help="keep-alive connections in all")
-    parser.add_argument(
-        "--rate", type=float, default=0, help="reports/s, open loop; 0 = as fast as possible"
-    )
+    parser.add_argument("--rate", type=float, default=0, help="reports/s, open loop; 0 = as fast as possible")
     parser.add_argument("--processes", type=int, default=1, help="load generator processes")
     parser.add_argument("--target", choices=("reportd", "bare", "both"), default="both")
-    parser.add_argument(
-        "--daemon-cmd", help="command before `serve` (default: this python -m reportd)"
-    )
+    parser.add_argument("--daemon-cmd", help="command before `serve` (default: this python -m reportd)")
     parser.add_argument("--config", help="reportd --config FILE")
     parser.add_argument("--nodes", type=int, default=10_000, help="distinct certnames")
     parser.add_argument("--seed", type=int, default=1, help="report generator seed")
@@ -769,8 +774,22 @@ def write_json(args, command: str, sizes: list[int], results: dict, ratio: float
     Path(args.json).write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2))
 
 
+async def main_cancellable(args: argparse.Namespace) -> int:
+    # SIGTERM cancels the run, so the servers and workers it started are stopped too.
+    task = asyncio.current_task()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await main_async(args)
+    except asyncio.CancelledError:
+        print("interrupted", file=sys.stderr)
+        return 128 + signal.SIGTERM
+
+
 def main() -> None:
-    sys.exit(asyncio.run(main_async(parse_args())))
+    try:
+        sys.exit(asyncio.run(main_cancellable(parse_args())))
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 if __name__ == "__main__":

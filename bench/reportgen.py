@@ -218,9 +218,7 @@ def _metric(name: str, label: str, values: list) -> dict:
     return {"name": name, "label": label, "values": values}
 
 
-def _status(
-    ref, rtype, title, *, file, line, provider, containment, tags, evaluation_time, when, events
-):
+def _status(ref, rtype, title, *, file, line, provider, containment, tags, evaluation_time, when, events):
     changed = bool(events)
     return {
         "title": title,
@@ -262,9 +260,7 @@ def _build(certname: str, transaction_uuid: str, n_resources: int, rng: random.R
         _log("info", "Retrieving plugin", "Puppet", ["info"], tick(10**7, 10**8)),
         _log("info", "Loading facts", "Puppet", ["info"], tick(10**7, 10**8)),
         _log("info", f"Caching catalog for {certname}", "Puppet", ["info"], tick(10**8, 3 * 10**8)),
-        _log(
-            "info", f"Applying configuration version '{config_version}'", "Puppet", ["info"], tick()
-        ),
+        _log("info", f"Applying configuration version '{config_version}'", "Puppet", ["info"], tick()),
     ]
 
     builtins = [("Schedule", name) for name in SCHEDULES] + [("Filebucket", "puppet")]
@@ -296,9 +292,7 @@ def _build(certname: str, transaction_uuid: str, n_resources: int, rng: random.R
             event, message = _event(rng, rtype, title, tick(50_000, 2_000_000))
             events.append(event)
             source = "/" + "/".join(containment) + "/" + event["property"]
-            logs.append(
-                _log("notice", message, source, ["notice", *tags], event["time"], manifest, line)
-            )
+            logs.append(_log("notice", message, source, ["notice", *tags], event["time"], manifest, line))
         statuses[ref] = _status(
             ref,
             rtype,
@@ -340,11 +334,7 @@ def _build(certname: str, transaction_uuid: str, n_resources: int, rng: random.R
             tick(),
         )
     )
-    logs.append(
-        _log(
-            "notice", f"Applied catalog in {application:.2f} seconds", "Puppet", ["notice"], tick()
-        )
-    )
+    logs.append(_log("notice", f"Applied catalog in {application:.2f} seconds", "Puppet", ["notice"], tick()))
     phases = {
         "startup_time": _float(rng, 0.25, 0.45),
         "node_retrieval": _float(rng, 0.03, 0.12),
