@@ -77,8 +77,6 @@ def stored_report(report: Report) -> StoredReport:
         end_time=report.end_time.timestamp() if report.end_time else None,
         received_at=report.received_at.timestamp(),
         summary=summary(report),
-        envelope=report.envelope,
-        body=report.raw,
     )
 
 

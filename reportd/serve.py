@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -35,6 +36,21 @@ def server_ssl_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+def tune_garbage_collector() -> None:
+    """Make the cyclic GC run rarely, and never over the start-up heap.
+
+    Each report allocates thousands of containers, and recent reports stay alive
+    for the processors, so with CPython's default thresholds (700, 10, 10) the
+    collector ran ~40 full collections a minute over that live heap: measured,
+    30% of the event loop's time at 750 reports/s. Reports hold no reference
+    cycles and are freed by reference counting as soon as every processor had
+    them, so collecting rarely loses nothing.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def notify_systemd(state: str) -> None:
     """sd_notify(3) without libsystemd: one datagram to ``$NOTIFY_SOCKET``."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -54,6 +70,7 @@ async def serve(config: Config, pm: pluggy.PluginManager) -> None:
         app, access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_timeout
     )
     await runner.setup()
+    tune_garbage_collector()
     host, port = config.listen
     site = web.TCPSite(runner, host, port, ssl_context=server_ssl_context(config), backlog=1024)
     try:

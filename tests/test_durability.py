@@ -19,8 +19,13 @@ def body(index: int) -> tuple[str, bytes]:
     )
 
 
-async def burst(url: str, count: int, concurrency: int = 32) -> list[str]:
-    """Send reports concurrently; return the certnames that were acknowledged with 200."""
+async def burst(
+    url: str, count: int, concurrency: int = 32, progress: asyncio.Event | None = None, threshold: int = 0
+) -> list[str]:
+    """Send reports concurrently; return the certnames that were acknowledged with 200.
+
+    ``progress`` is set once ``threshold`` reports have been acknowledged.
+    """
     acknowledged: list[str] = []
     semaphore = asyncio.Semaphore(concurrency)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
@@ -33,6 +38,8 @@ async def burst(url: str, count: int, concurrency: int = 32) -> list[str]:
                                            data=data, headers={"Content-Type": "application/json"}) as response:  # fmt: skip
                         if response.status == 200 and await response.json() is not None:
                             acknowledged.append(certname)
+                            if progress is not None and len(acknowledged) >= threshold:
+                                progress.set()
                 except aiohttp.ClientError:
                     pass  # the daemon may die mid-request: such a report was never acknowledged
 
@@ -85,11 +92,12 @@ async def test_kill_9_right_after_a_burst_loses_nothing_acknowledged(daemon_fact
 async def test_kill_9_mid_burst_keeps_every_acknowledged_report(daemon_factory, tmp_path):
     data_dir = tmp_path / "data"
     daemon = daemon_factory(ini_for(data_dir)).start()
-    sending = asyncio.create_task(burst(daemon.url, 600, concurrency=48))
-    await asyncio.sleep(0.4)
+    progress = asyncio.Event()
+    sending = asyncio.create_task(burst(daemon.url, 3000, concurrency=48, progress=progress, threshold=300))
+    await progress.wait()
     daemon.kill()
     acknowledged = await sending
-    assert 0 < len(acknowledged) < 600, "the kill should land mid-burst"
+    assert 300 <= len(acknowledged) < 3000, "the kill should land mid-burst"
 
     restarted = daemon_factory(daemon.config_path.read_text(), name="restarted").start()
     await drained(restarted.url)
@@ -118,8 +126,9 @@ async def test_pending_deliveries_resume_after_restart(daemon_factory, tmp_path)
 async def test_sigterm_finishes_requests_in_flight_and_exits_0(daemon_factory, tmp_path):
     data_dir = tmp_path / "data"
     daemon = daemon_factory(ini_for(data_dir)).start()
-    sending = asyncio.create_task(burst(daemon.url, 300, concurrency=32))
-    await asyncio.sleep(0.3)
+    progress = asyncio.Event()
+    sending = asyncio.create_task(burst(daemon.url, 3000, concurrency=32, progress=progress, threshold=200))
+    await progress.wait()
     daemon.process.terminate()
     acknowledged = await sending
     assert daemon.process.wait(30) == 0

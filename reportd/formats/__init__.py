@@ -87,18 +87,30 @@ def parse_time(value: Any, field_name: str) -> tuple[datetime, bool]:
     (``2024-05-01 12:00:00 +0200``) and ``2010-11-19 02:39:04 UTC``. A time
     without an offset is taken as UTC; the caller flags the report.
     """
-    if isinstance(value, datetime):
-        parsed = value
-    elif isinstance(value, str):
-        text = value.strip()
-        if text.endswith(" UTC"):
-            text = text[:-4] + "+00:00"
+    if type(value) is str:
         try:
-            parsed = datetime.fromisoformat(text)
+            parsed = _fromisoformat(value)
         except ValueError:
-            raise ReportError(f"{field_name}: not a time: {value!r}") from None
+            parsed = _parse_time_slowly(value, field_name)
+    elif isinstance(value, datetime):
+        parsed = value
     else:
         raise ReportError(f"{field_name}: expected a time string, got {type(value).__name__}")
+    if parsed.tzinfo is UTC:  # what fromisoformat gives for +00:00 and Z: most agents
+        return parsed, True
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC), False
     return parsed.astimezone(UTC), True
+
+
+_fromisoformat = datetime.fromisoformat
+
+
+def _parse_time_slowly(value: str, field_name: str) -> datetime:
+    text = value.strip()
+    if text.endswith(" UTC"):
+        text = text[:-4] + "+00:00"
+    try:
+        return _fromisoformat(text)
+    except ValueError:
+        raise ReportError(f"{field_name}: not a time: {value!r}") from None

@@ -182,43 +182,49 @@ def _text(value: Any) -> str:
 
 
 def _resource_statuses(value: Any) -> list[ResourceStatus]:
+    # The hot loop of ingest (tens to thousands of resources per report): plain
+    # lookups, no copies of the decoded lists.
     if value is None:
         return []
     if isinstance(value, dict):
-        items = list(value.items())
+        items = value.items()
     elif isinstance(value, list):
         items = [(None, entry) for entry in value]
     else:
         raise ReportError("resource_statuses: expected an object")
     statuses = []
+    append = statuses.append
     for key, entry in items:
-        if not isinstance(entry, dict):
+        if type(entry) is not dict:
             raise ReportError(f"resource_statuses[{key}]: expected an object")
-        resource_type, title = entry.get("resource_type"), entry.get("title")
-        if not isinstance(resource_type, str) or title is None:
-            resource_type, title = _split_resource(entry.get("resource") or key)
-        line = entry.get("line")
-        evaluation_time = entry.get("evaluation_time")
-        statuses.append(
+        get = entry.get
+        resource_type, title = get("resource_type"), get("title")
+        if type(resource_type) is not str or title is None:
+            resource_type, title = _split_resource(get("resource") or key)
+        line = get("line")
+        evaluation_time = get("evaluation_time")
+        when = get("time")
+        events = get("events")
+        append(
             ResourceStatus(
-                resource_type=resource_type,
-                title=str(title),
-                file=entry.get("file"),
-                line=line if type(line) is int else None,
-                containment_path=list(entry.get("containment_path") or ()),
-                tags=list(entry.get("tags") or ()),
-                time=_time_or_none(entry.get("time"), f"resource_statuses[{key}].time"),
-                evaluation_time=evaluation_time if isinstance(evaluation_time, int | float) else None,
-                provider_used=entry.get("provider_used"),
-                failed=bool(entry.get("failed")),
-                failed_to_restart=bool(entry.get("failed_to_restart")),
-                changed=bool(entry.get("changed")),
-                out_of_sync=bool(entry.get("out_of_sync")),
-                skipped=bool(entry.get("skipped")),
-                change_count=int(entry.get("change_count") or 0),
-                out_of_sync_count=int(entry.get("out_of_sync_count") or 0),
-                corrective_change=bool(entry.get("corrective_change")),
-                events=_events(entry.get("events"), key),
+                resource_type,
+                title if type(title) is str else str(title),
+                get("file"),
+                line if type(line) is int else None,
+                get("containment_path") or [],
+                get("tags") or [],
+                None if when is None else parse_time(when, f"resource_statuses[{key}].time")[0],
+                evaluation_time if isinstance(evaluation_time, int | float) else None,
+                get("provider_used"),
+                get("failed") is True,
+                get("failed_to_restart") is True,
+                get("changed") is True,
+                get("out_of_sync") is True,
+                get("skipped") is True,
+                get("change_count") or 0,
+                get("out_of_sync_count") or 0,
+                get("corrective_change") is True,
+                _events(events, key) if events else [],
             )
         )
     return statuses

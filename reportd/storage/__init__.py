@@ -80,7 +80,11 @@ class DeadLetter:
 
 @dataclass(frozen=True)
 class StoredReport:
-    """The store's summary row of one report (its id is the spool's)."""
+    """The store's summary row of one report (its id is the spool's).
+
+    ``envelope`` and ``body`` are filled in by :meth:`Storage.get_report` only:
+    the body is kept once, in the spool, for as long as the store holds the report.
+    """
 
     id: int
     certname: str
@@ -175,6 +179,9 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def store_reports(self, reports: Sequence[StoredReport]) -> None:
         """Insert summary rows and move each node's latest status forward.
+
+        The spooled body of a stored report is kept (for ``get_report``) until
+        :meth:`expire_reports` deletes the report.
 
         A node's row changes only for a run newer (by run time) than the one it
         has; an older, late report goes into history only.

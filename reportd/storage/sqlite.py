@@ -83,9 +83,7 @@ MIGRATIONS: list[str] = [
         start_time REAL,
         end_time REAL,
         received_at REAL NOT NULL,
-        summary BLOB NOT NULL,
-        envelope BLOB NOT NULL,
-        body BLOB NOT NULL
+        summary BLOB NOT NULL
     );
     CREATE INDEX reports_time ON reports (run_time, id);
     CREATE INDEX reports_certname ON reports (certname, run_time, id);
@@ -169,9 +167,9 @@ class SQLiteStorage(Storage):
     # -- spool -----------------------------------------------------------------
     async def accept(self, entry: InboxEntry, processors: Sequence[str]) -> Accepted:
         envelope = orjson.dumps(entry.envelope)
-        body = zlib.compress(entry.body, COMPRESSION_LEVEL)
 
         def job(conn: sqlite3.Connection) -> Accepted:
+            body = zlib.compress(entry.body, COMPRESSION_LEVEL) if processors else None
             row = conn.execute(
                 "INSERT INTO inbox (idempotency_key, certname, format, received_at, envelope, body)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
@@ -181,7 +179,7 @@ class SQLiteStorage(Storage):
                     entry.format,
                     entry.received_at,
                     envelope,
-                    body if processors else None,
+                    body,
                 ),
             ).fetchone()
             if row is None:
@@ -233,7 +231,8 @@ class SQLiteStorage(Storage):
             )
             conn.execute(
                 f"UPDATE inbox SET body = NULL WHERE id IN ({_marks(ids)}) AND NOT EXISTS"
-                " (SELECT 1 FROM deliveries d WHERE d.report_id = inbox.id)",
+                " (SELECT 1 FROM deliveries d WHERE d.report_id = inbox.id)"
+                " AND NOT EXISTS (SELECT 1 FROM reports r WHERE r.id = inbox.id)",
                 ids,
             )
 
@@ -337,18 +336,16 @@ class SQLiteStorage(Storage):
                 r.end_time,
                 r.received_at,
                 orjson.dumps(r.summary),
-                orjson.dumps(r.envelope),
-                r.body,
             )
             for r in reports
         ]
 
         def job(conn: sqlite3.Connection) -> None:
-            compressed = [(*row[:-1], zlib.compress(row[-1], COMPRESSION_LEVEL)) for row in rows]
+            # The body stays in the spool (inbox) while the store holds the report: one copy.
             conn.executemany(
-                f"INSERT INTO reports ({_REPORT_COLUMNS}, envelope, body)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING",
-                compressed,
+                f"INSERT INTO reports ({_REPORT_COLUMNS})"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING",
+                rows,
             )
             conn.executemany(
                 f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)"
@@ -383,8 +380,11 @@ class SQLiteStorage(Storage):
 
     async def get_report(self, report_id: int) -> StoredReport | None:
         def job(conn: sqlite3.Connection) -> StoredReport | None:
+            columns = ", ".join(f"r.{c.strip()}" for c in _REPORT_COLUMNS.split(","))
             row = conn.execute(
-                f"SELECT {_REPORT_COLUMNS}, envelope, body FROM reports WHERE id = ?", (report_id,)
+                f"SELECT {columns}, i.envelope, i.body FROM reports r JOIN inbox i ON i.id = r.id"
+                " WHERE r.id = ? AND i.body IS NOT NULL",
+                (report_id,),
             ).fetchone()
             if row is None:
                 return None
@@ -414,11 +414,21 @@ class SQLiteStorage(Storage):
 
     async def expire_reports(self, before: float, batch: int) -> int:
         def job(conn: sqlite3.Connection) -> int:
-            deleted = conn.execute(
-                "DELETE FROM reports WHERE id IN (SELECT id FROM reports WHERE run_time < ?"
-                " ORDER BY run_time LIMIT ?)",
-                (before, batch),
-            ).rowcount
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    "DELETE FROM reports WHERE id IN (SELECT id FROM reports WHERE run_time < ?"
+                    " ORDER BY run_time LIMIT ?) RETURNING id",
+                    (before, batch),
+                )
+            ]
+            if ids:
+                conn.execute(
+                    f"UPDATE inbox SET body = NULL WHERE id IN ({_marks(ids)}) AND NOT EXISTS"
+                    " (SELECT 1 FROM deliveries d WHERE d.report_id = inbox.id)",
+                    ids,
+                )
+            deleted = len(ids)
             conn.execute(
                 "DELETE FROM nodes WHERE certname IN (SELECT certname FROM nodes"
                 " WHERE last_received_at < ? LIMIT ?)",
