@@ -26,7 +26,6 @@ A minimal plugin, ``reportd_hello.py`` (this is ``examples/reportd-hello``,
 which the test suite installs with pip and runs in a real daemon)::
 
     import structlog
-    from aiohttp import web
 
     from reportd import Processor, Setting, hookimpl, require_permission
     from reportd.settings import as_str

@@ -107,7 +107,7 @@ class Dispatcher:
 
     async def _run(self, worker: _Worker) -> None:
         processor = worker.processor
-        start_failures = 0
+        errors = 0
         while not self._stopping:
             try:
                 if not worker.started:
@@ -116,16 +116,18 @@ class Dispatcher:
                 claims = await self._storage.claim(
                     processor.name, processor.batch_size, self._clock(), self._lease(processor)
                 )
+                if claims:
+                    await self._deliver(processor, claims)
             except Exception:
-                start_failures += 1
+                # A processor that cannot start, or storage that fails to record an
+                # outcome: back off; leased deliveries come back when the lease ends.
+                errors += 1
                 log.exception("processor_worker_error", processor=processor.name)
-                await worker.idle(min(60.0, self._retry.delay(start_failures)))
+                await worker.idle(min(60.0, self._retry.delay(errors)))
                 continue
-            start_failures = 0
+            errors = 0
             if not claims:
                 await worker.idle(POLL_INTERVAL)
-                continue
-            await self._deliver(processor, claims)
 
     def _lease(self, processor: Processor) -> float:
         return (processor.timeout or self._timeout) * 2 + 30

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,33 @@ def test_daemon_notifies_systemd_when_listening_and_when_stopping(daemon_factory
         assert b'"event": "listening"' in daemon.log_path.read_bytes()
         assert daemon.stop() == 0
         assert sock.recv(256) == b"STOPPING=1"
+
+
+def test_wheel_ships_the_builtin_plugins_as_reportd_plugins(tmp_path):
+    wheels = tmp_path / "wheels"
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    (wheel,) = wheels.glob("reportd-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    assert {"reportd_plugins/__init__.py", "reportd_plugins/store.py", "reportd/storage/sqlite.py"} <= names
+    assert not any(name.startswith(("plugins/", "tests/", "bench/")) for name in names)
+    target = tmp_path / "site"
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(wheel)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stderr
+    probe = subprocess.run(
+        [sys.executable, "-I", "-c",
+         f"import sys; sys.path.insert(0, {str(target)!r}); import reportd_plugins, reportd_plugins.store;"
+         " print(reportd_plugins.__file__); print(reportd_plugins.__doc__.splitlines()[0])"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert probe.returncode == 0, probe.stderr
+    path, first_line = probe.stdout.splitlines()
+    assert path == str(target / "reportd_plugins" / "__init__.py")
+    assert first_line.startswith("reportd's built-in plugins")

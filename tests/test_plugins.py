@@ -235,3 +235,16 @@ async def test_example_plugin_installed_with_pip_runs_in_a_real_daemon(daemon_fa
         await wait_until(seen)
     assert daemon.stop() == 0
     assert '"greeting": "bonjour"' in daemon.log_path.read_text()
+
+
+def test_plugin_guide_shows_the_example_plugin_verbatim():
+    import ast
+    import textwrap
+
+    # read from the file: editable installs load reportd_plugins as a namespace package
+    guide = ast.get_docstring(ast.parse((Path(__file__).parents[1] / "plugins" / "__init__.py").read_text()))
+    block = guide.split("which the test suite installs with pip and runs in a real daemon)::\n\n", 1)[1]
+    block = block.split("\nInstall it so reportd finds it", 1)[0]
+    example = (EXAMPLE / "reportd_hello.py").read_text()
+    code = example.split('"""\n\n', 1)[1]  # the example's own docstring is not in the guide
+    assert textwrap.dedent(block).strip() == code.strip()

@@ -26,9 +26,7 @@ class Hello(Processor):
     async def process(self, report):
         greeting = self.context.plugin_settings("hello")["greeting"]
         Hello.seen += 1
-        log.info(
-            "hello", greeting=greeting, certname=report.certname, report_id=report.id, status=report.status
-        )
+        log.info("hello", greeting=greeting, certname=report.certname, report_id=report.id)
 
 
 @hookimpl

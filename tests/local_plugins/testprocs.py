@@ -2,7 +2,7 @@
 
 ``recorder`` appends every delivery to a JSON-lines file, ``flaky`` fails each
 report ``fail_times`` times before recording it, ``broken`` always fails and
-``slow`` sleeps past any timeout.
+``slow`` sleeps past any timeout, ``unready`` cannot start ``fail_times`` times.
 """
 
 import asyncio
@@ -27,7 +27,7 @@ def reportd_declare_settings():
 
 @hookimpl
 def reportd_register_processors():
-    return [Recorder, Flaky, Broken, Slow]
+    return [Recorder, Flaky, Broken, Slow, Unready]
 
 
 class Recorder(Processor):
@@ -81,3 +81,16 @@ class Slow(Processor):
 
     async def process(self, report):
         await asyncio.sleep(3600)
+
+
+class Unready(Recorder):
+    name = "unready"
+
+    def __init__(self, context):
+        super().__init__(context)
+        self.starts = 0
+
+    async def start(self):
+        self.starts += 1
+        if self.starts <= self.context.plugin_settings("testprocs")["fail_times"]:
+            raise ConnectionError("backend not up yet")
