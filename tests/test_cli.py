@@ -130,7 +130,7 @@ def test_plugins_lists_builtin_and_local(ini):
     )
     local = lines.index(f"reportd_local_testprocs  ({LOCAL_PLUGINS / 'testprocs.py'})")
     assert lines[local + 1] == (
-        "  processors: recorder (disabled), flaky, broken (disabled), slow (disabled)"
+        "  processors: recorder (disabled), flaky, broken (disabled), slow (disabled), unready (disabled)"
     )
     assert lines[local + 2] == "  hooks: reportd_declare_settings, reportd_register_processors"
 
