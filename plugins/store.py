@@ -31,7 +31,9 @@ SUMMARY_RESOURCE_KEYS = (
     "total", "changed", "failed", "failed_to_restart", "skipped", "out_of_sync",
     "restarted", "scheduled", "corrective_change",
 )  # fmt: skip
-SUMMARY_EXTRA_KEYS = ("status_bits", "organization")
+# What only some wire formats have, shown with each report (Foreman's packed
+# status_bits, Chef's run without a start, ...).
+SUMMARY_EXTRA_KEYS = ("status", "status_bits", "reporter", "check_mode", "organization", "start_missing")
 
 
 @hookimpl
@@ -77,6 +79,9 @@ def stored_report(report: Report) -> StoredReport:
         end_time=report.end_time.timestamp() if report.end_time else None,
         received_at=report.received_at.timestamp(),
         summary=summary(report),
+        organization=report.extra.get("organization"),
+        organization_id=report.extra.get("organization_id"),
+        location_id=report.extra.get("location_id"),
     )
 
 
@@ -91,7 +96,7 @@ def summary(report: Report) -> dict[str, Any]:
         "cached_catalog_status": report.cached_catalog_status,
         "puppet_version": report.puppet_version,
         "time_without_offset": report.time_without_offset,
-        **{key: report.extra[key] for key in ("status_bits", "organization") if key in report.extra},
+        **{key: report.extra[key] for key in SUMMARY_EXTRA_KEYS if key in report.extra},
     }
 
 
@@ -145,6 +150,9 @@ class StoreAPI:
             "start_time": _iso(row.start_time),
             "end_time": _iso(row.end_time),
             "received_at": _iso(row.received_at),
+            "organization": row.organization,
+            "organization_id": row.organization_id,
+            "location_id": row.location_id,
             "summary": row.summary,
         }
 
@@ -161,6 +169,9 @@ class StoreAPI:
             environment=params.get("environment"),
             since=_time_param(params, "since"),
             until=_time_param(params, "until"),
+            organization=params.get("organization"),
+            organization_id=_int_param(params, "organization_id"),
+            location_id=_int_param(params, "location_id"),
             limit=limit + 1,
             after=_decode_cursor(params.get("cursor")),
         )
@@ -239,6 +250,16 @@ def _limit(params) -> int:
     if not 1 <= limit <= MAX_LIMIT:
         raise api_error(400, "invalid limit", {"limit": "an integer from 1 to 1000"})
     return limit
+
+
+def _int_param(params, name: str) -> int | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise api_error(400, f"invalid {name}", {name: "an integer"}) from None
 
 
 def _time_param(params, name: str) -> float | None:

@@ -5,8 +5,9 @@ Three kinds of credential, any of which may grant permissions:
 * a TLS client certificate verified against ``tls_ca``: a node may upload its
   own reports only (its CN or a DNS SAN must equal the report's certname), a
   certificate named in ``trusted_forwarders`` may upload for any node;
-* an API token (``Authorization: Bearer``, ``X-Authentication`` or the
-  password of HTTP Basic), stored hashed, carrying named permissions;
+* an API token (``Authorization: Bearer``, ``X-Authentication``,
+  ``X-Data-Collector-Token`` or the password of HTTP Basic), stored hashed,
+  carrying named permissions;
 * the client's address inside ``anonymous_networks``, which grants
   ``anonymous_permissions``.
 """
@@ -91,7 +92,8 @@ def request_token(request: web.Request) -> str | None:
         except (ValueError, UnicodeDecodeError):
             return None
         return decoded.partition(":")[2] or None
-    return request.headers.get("X-Authentication") or None
+    # the orchestrator's header, and the Chef data collector's
+    return request.headers.get("X-Authentication") or request.headers.get("X-Data-Collector-Token") or None
 
 
 class Authenticator:

@@ -136,41 +136,38 @@ def plugins(ctx: click.Context) -> None:
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--url", required=True, help="reportd's base URL, e.g. https://reportd:8141")
-@click.option("--format", "fmt", type=click.Choice(["puppet"]), default="puppet", show_default=True)
-@click.option("--environment", default=None, help="for reports that name none")
+@click.option(
+    "--format", "fmt", type=click.Choice(["puppet", "foreman", "chef"]), default="puppet", show_default=True
+)
+@click.option("--environment", default=None, help="puppet: for reports that name none")
+@click.option("--node", help="chef reporting bodies: the node name (the body has none)")
+@click.option("--org", default="default", show_default=True, help="chef reporting: the organization")
 @click.option("--token", envvar="REPORTD_TOKEN", help="API token (default: $REPORTD_TOKEN)")
 @click.option("--cacert", type=click.Path(exists=True, dir_okay=False), help="CA to verify reportd")
 @click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="client certificate")
 @click.option("--key", type=click.Path(exists=True, dir_okay=False), help="client private key")
 @click.option("--gzip", "compress", is_flag=True, help="send bodies gzip-compressed")
-def send(files, url, fmt, environment, token, cacert, cert, key, compress) -> None:
-    """Submit saved reports (JSON or YAML) to a running reportd."""
-    from reportd.formats import puppet
+def send(files, url, fmt, environment, node, org, token, cacert, cert, key, compress) -> None:
+    """Submit saved reports to a running reportd, as the real clients would.
 
+    puppet: JSON is PUT as an agent does, YAML is POSTed as the http report
+    processor does. foreman: POST /api/config_reports. chef: a data collector
+    message goes to /data-collector/v0/, a reporting end-of-run body to
+    /organizations/ORG/reports/nodes/NODE/runs/RUN_ID.
+    """
     context = ssl.create_default_context(cafile=cacert) if url.startswith("https") else None
     if context is not None and cert:
         context.load_cert_chain(cert, key)
     failures = 0
     for name in files:
         body = Path(name).read_bytes()
-        if puppet.is_yaml("", body):
-            method, path, content_type = "POST", "/reports/upload", "application/x-yaml"
-        else:
-            try:
-                data = orjson.loads(body)
-            except orjson.JSONDecodeError as error:
-                click.echo(f"{name}: not JSON or YAML: {error}", err=True)
-                failures += 1
-                continue
-            if not isinstance(data, dict):
-                click.echo(f"{name}: not a report object", err=True)
-                failures += 1
-                continue
-            host = urllib.parse.quote(str(data.get("host", "")), safe="")
-            env = urllib.parse.quote(environment or data.get("environment") or "production")
-            method, path = "PUT", f"/puppet/v3/report/{host}?environment={env}"
-            content_type = "application/json"
-        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        try:
+            method, path, headers = _submission(fmt, body, environment=environment, node=node, org=org)
+        except ValueError as error:
+            click.echo(f"{name}: {error}", err=True)
+            failures += 1
+            continue
+        headers["Accept"] = "application/json"
         if token:
             headers["Authorization"] = f"Bearer {token}"
         if compress:
@@ -188,6 +185,38 @@ def send(files, url, fmt, environment, token, cacert, cert, key, compress) -> No
             failures += 1
     if failures:
         sys.exit(1)
+
+
+def _submission(
+    fmt: str, body: bytes, *, environment: str | None, node: str | None, org: str
+) -> tuple[str, str, dict[str, str]]:
+    """Method, path and headers for one saved report; ValueError when it cannot be sent."""
+    from reportd.formats import puppet
+
+    if fmt == "puppet" and puppet.is_yaml("", body):
+        return "POST", "/reports/upload", {"Content-Type": "application/x-yaml"}
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise ValueError(f"not JSON{' or YAML' if fmt == 'puppet' else ''}: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a report object")
+    json_type = {"Content-Type": "application/json"}
+    if fmt == "foreman":
+        return "POST", "/api/config_reports", json_type
+    if fmt == "chef":
+        if "message_type" in data:
+            return "POST", "/data-collector/v0/", json_type
+        if not node:
+            raise ValueError("a Chef reporting body names no node: give --node")
+        run_id = urllib.parse.quote(str(data.get("run_id", "")), safe="")
+        path = (
+            f"/organizations/{urllib.parse.quote(org)}/reports/nodes/{urllib.parse.quote(node)}/runs/{run_id}"
+        )
+        return "POST", path, {**json_type, "X-Ops-Reporting-Protocol-Version": "0.1.0"}
+    host = urllib.parse.quote(str(data.get("host", "")), safe="")
+    env = urllib.parse.quote(environment or data.get("environment") or "production")
+    return "PUT", f"/puppet/v3/report/{host}?environment={env}", json_type
 
 
 def _iso(timestamp: float | None) -> str:

@@ -16,12 +16,24 @@ from reportd.model import Report
 
 
 class ReportError(ValueError):
-    """The body is not a report reportd can accept; the message says why (a 400)."""
+    """The body is not a report reportd can accept; the message says why (a 4xx).
 
-    def __init__(self, message: str, kind: str = "BAD_REPORT") -> None:
+    ``field`` and ``problem`` name the offending field for families whose error
+    bodies list fields (Foreman's ``{"errors": {"host": ["can't be blank"]}}``).
+    """
+
+    def __init__(
+        self, message: str, kind: str = "BAD_REPORT", *, field: str | None = None, problem: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.kind = kind
+        self.field = field
+        self.problem = problem or message
+
+    @classmethod
+    def invalid(cls, field: str, problem: str, kind: str = "VALIDATION") -> ReportError:
+        return cls(f"{field}: {problem}", kind, field=field, problem=problem)
 
 
 @dataclass(frozen=True)
@@ -62,9 +74,9 @@ Parser = Callable[[bytes, Envelope], Report]
 
 def parsers() -> dict[str, Parser]:
     """The parser of each wire format, by :attr:`Envelope.format`."""
-    from reportd.formats import puppet
+    from reportd.formats import chef, foreman, puppet
 
-    return {"puppet": puppet.parse}
+    return {"puppet": puppet.parse, "foreman": foreman.parse, "chef": chef.parse}
 
 
 def parse(body: bytes, envelope: Envelope) -> Report:

@@ -102,6 +102,9 @@ class StoredReport:
     end_time: float | None
     received_at: float
     summary: Mapping[str, Any]
+    organization: str | None = None
+    organization_id: int | None = None
+    location_id: int | None = None
     envelope: Mapping[str, Any] = field(default_factory=dict)
     body: bytes = b""
 
@@ -125,6 +128,9 @@ class ReportQuery:
     environment: str | None = None
     since: float | None = None
     until: float | None = None
+    organization: str | None = None
+    organization_id: int | None = None
+    location_id: int | None = None
     limit: int = 100
     after: tuple[float, int] | None = None  # keyset cursor: (run_time, id) of the last row seen
 
@@ -173,7 +179,16 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def expire_spool(self, before: float, batch: int) -> int:
-        """Forget delivered spool entries received before ``before`` (one batch)."""
+        """Forget delivered spool entries (and run starts) received before ``before`` (one batch)."""
+
+    @abc.abstractmethod
+    async def record_run_start(
+        self, format: str, certname: str, run_id: str, started_at: float | None, now: float
+    ) -> bool:
+        """Durably note that a run started (Chef); False when that run had started already."""
+
+    @abc.abstractmethod
+    async def run_started(self, format: str, certname: str, run_id: str) -> bool: ...
 
     # -- store -----------------------------------------------------------------
     @abc.abstractmethod

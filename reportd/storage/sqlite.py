@@ -106,11 +106,28 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL
     );
     """,
+    # Chef starts runs before it ends them; Foreman and Chef reports carry an
+    # organization and location to filter on.
+    """
+    CREATE TABLE run_starts (
+        format TEXT NOT NULL,
+        certname TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        started_at REAL,
+        received_at REAL NOT NULL,
+        PRIMARY KEY (format, certname, run_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX run_starts_received ON run_starts (received_at);
+    ALTER TABLE reports ADD COLUMN organization TEXT;
+    ALTER TABLE reports ADD COLUMN organization_id INTEGER;
+    ALTER TABLE reports ADD COLUMN location_id INTEGER
+    """,
 ]
 
 _REPORT_COLUMNS = (
     "id, certname, environment, status, change_kind, noop, format, origin, transaction_uuid,"
-    " job_id, configuration_version, run_time, start_time, end_time, received_at, summary"
+    " job_id, configuration_version, run_time, start_time, end_time, received_at, summary,"
+    " organization, organization_id, location_id"
 )
 _NODE_COLUMNS = "certname, environment, status, change_kind, report_id, run_time, last_received_at, summary"
 
@@ -308,6 +325,11 @@ class SQLiteStorage(Storage):
 
     async def expire_spool(self, before: float, batch: int) -> int:
         def job(conn: sqlite3.Connection) -> int:
+            conn.execute(
+                "DELETE FROM run_starts WHERE (format, certname, run_id) IN (SELECT format, certname, run_id"
+                " FROM run_starts WHERE received_at < ? LIMIT ?)",
+                (before, batch),
+            )
             return conn.execute(
                 "DELETE FROM inbox WHERE id IN (SELECT id FROM inbox WHERE received_at < ?"
                 " AND body IS NULL LIMIT ?)",
@@ -315,6 +337,31 @@ class SQLiteStorage(Storage):
             ).rowcount
 
         return await self._write(job)
+
+    async def record_run_start(
+        self, format: str, certname: str, run_id: str, started_at: float | None, now: float
+    ) -> bool:
+        def job(conn: sqlite3.Connection) -> bool:
+            return (
+                conn.execute(
+                    "INSERT INTO run_starts (format, certname, run_id, started_at, received_at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (format, certname, run_id, started_at, now),
+                ).rowcount
+                == 1
+            )
+
+        return await self._write(job)
+
+    async def run_started(self, format: str, certname: str, run_id: str) -> bool:
+        def job(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT 1 FROM run_starts WHERE format = ? AND certname = ? AND run_id = ?",
+                (format, certname, run_id),
+            ).fetchone()
+            return row is not None
+
+        return await self._read(job)
 
     # -- store -----------------------------------------------------------------
     async def store_reports(self, reports: Sequence[StoredReport]) -> None:
@@ -336,6 +383,9 @@ class SQLiteStorage(Storage):
                 r.end_time,
                 r.received_at,
                 orjson.dumps(r.summary),
+                r.organization,
+                r.organization_id,
+                r.location_id,
             )
             for r in reports
         ]
@@ -344,7 +394,7 @@ class SQLiteStorage(Storage):
             # The body stays in the spool (inbox) while the store holds the report: one copy.
             conn.executemany(
                 f"INSERT INTO reports ({_REPORT_COLUMNS})"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING",
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING",
                 rows,
             )
             conn.executemany(
@@ -359,7 +409,7 @@ class SQLiteStorage(Storage):
 
     async def query_reports(self, query: ReportQuery) -> list[StoredReport]:
         clauses, params = [], []
-        for column in ("certname", "status", "environment"):
+        for column in ("certname", "status", "environment", "organization", "organization_id", "location_id"):
             value = getattr(query, column)
             if value is not None:
                 clauses.append(f"{column} = ?")
@@ -494,7 +544,17 @@ _NEWER_RUN_SET = ", ".join(
 
 
 def _report(row: Sequence[Any], envelope: Any = None, body: bytes = b"") -> StoredReport:
-    return StoredReport(*row[:5], bool(row[5]), *row[6:15], orjson.loads(row[15]), envelope or {}, body)
+    return StoredReport(
+        *row[:5],
+        bool(row[5]),
+        *row[6:15],
+        orjson.loads(row[15]),
+        organization=row[16],
+        organization_id=row[17],
+        location_id=row[18],
+        envelope=envelope or {},
+        body=body,
+    )
 
 
 def _node(row: Sequence[Any]) -> NodeRow:

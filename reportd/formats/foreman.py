@@ -1,0 +1,203 @@
+"""Foreman-style config reports (``POST /api/config_reports``): spec/foreman.md.
+
+Sent by Foreman's Puppet report processor, Foreman's Ansible callback and
+chef-handler-foreman. The body has no resources: six status counters, flat
+metrics (``{"resources": {"total": 3}, "time": {"total": 1.2}}``) and logs in
+Foreman's nested shape.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+
+from reportd.formats import Envelope, ReportError, parse_time
+from reportd.model import Log, Report
+from reportd.status import derive_status
+
+COUNTERS = ("applied", "restarted", "failed", "failed_restarts", "skipped", "pending")
+LEVELS = ("debug", "info", "notice", "warning", "err", "alert", "emerg", "crit")
+ENVELOPES = ("config_report", "report")
+BITS_PER_COUNTER, COUNTER_MAX = 10, 1023
+# Older Foreman Ansible callbacks: datetime.now().strftime("%Y-%m-%d %H:%M:%S %f")
+_ANSIBLE_OLD_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (\d{6})$")
+
+
+def status_bits(counters: dict[str, int]) -> int:
+    """Foreman's packed status: 10 bits per counter, clamped at 1023, applied lowest."""
+    packed = 0
+    for index, name in enumerate(COUNTERS):
+        packed |= min(max(counters.get(name, 0), 0), COUNTER_MAX) << (BITS_PER_COUNTER * index)
+    return packed
+
+
+def unpack_status_bits(packed: int) -> dict[str, int]:
+    return {name: (packed >> (BITS_PER_COUNTER * i)) & COUNTER_MAX for i, name in enumerate(COUNTERS)}
+
+
+def decode(body: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise ReportError(f"malformed JSON: {error}", "MALFORMED") from None
+    if not isinstance(data, dict):
+        raise ReportError.invalid("report", "must be a Hash")
+    return data
+
+
+def report_object(data: dict[str, Any]) -> dict[str, Any]:
+    for name in ENVELOPES:
+        if name in data:
+            report = data[name]
+            if not isinstance(report, dict):
+                raise ReportError.invalid(name, "must be a Hash")
+            return report
+    raise ReportError.invalid("report", "can't be blank")
+
+
+def parse(body: bytes, envelope: Envelope) -> Report:
+    return from_data(decode(body), envelope)
+
+
+def from_data(document: dict[str, Any], envelope: Envelope) -> Report:
+    """The report from an already decoded body (``{"config_report": {...}}``)."""
+    data = report_object(document)
+    host = data.get("host")
+    if not isinstance(host, str) or not host.strip():
+        raise ReportError.invalid("host", "can't be blank")
+    reported_at, had_offset = _reported_at(data.get("reported_at"))
+    counters = _counters(data.get("status"))
+    metrics = _metrics(data.get("metrics"))
+    logs = _logs(data.get("logs"))
+    reporter = data.get("reporter")
+    check_mode = data.get("check_mode") is True
+
+    resources = metrics.setdefault("resources", {})
+    for counter, key in (("applied", "changed"), ("restarted", "restarted"), ("failed", "failed"),
+                         ("failed_restarts", "failed_to_restart"), ("skipped", "skipped")):  # fmt: skip
+        resources.setdefault(key, counters[counter])
+    if counters["pending"]:
+        metrics.setdefault("events", {}).setdefault("noop", counters["pending"])
+    total = metrics.get("time", {}).get("total")
+    changed = counters["applied"] + counters["restarted"] > 0
+    failed = counters["failed"] + counters["failed_restarts"] > 0
+    report = Report(
+        certname=host.strip().lower(),
+        format="foreman",
+        origin=_origin(reporter, logs),
+        received_at=envelope.received_at,
+        environment=envelope.environment,
+        start_time=reported_at,
+        end_time=reported_at + timedelta(seconds=total) if isinstance(total, int | float) else None,
+        agent_status="failed" if failed else "changed" if changed else "unchanged",
+        # A check-mode run, or one that only has pending (noop) changes, changed nothing.
+        noop=check_mode or (counters["pending"] > 0 and not changed and not failed),
+        noop_pending=counters["pending"] > 0,
+        time_without_offset=not had_offset,
+        metrics=metrics,
+        logs=logs,
+        extra={
+            "status": counters,
+            "status_bits": status_bits(counters),
+            **({"reporter": reporter} if isinstance(reporter, str) else {}),
+            **({"check_mode": check_mode} if "check_mode" in data else {}),
+            **{key: value for key, value in envelope.params.items() if value is not None},
+        },
+    )
+    report.status = derive_status(report)
+    return report
+
+
+def _reported_at(value: Any) -> tuple[datetime, bool]:
+    if not isinstance(value, str) or not value.strip():
+        raise ReportError.invalid("reported_at", "can't be blank")
+    old = _ANSIBLE_OLD_TIME.match(value.strip())
+    if old:
+        value = f"{old.group(1)}.{old.group(2)}"
+    try:
+        return parse_time(value, "reported_at")
+    except ReportError:
+        raise ReportError.invalid("reported_at", "is not a valid time") from None
+
+
+def _counters(value: Any) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise ReportError.invalid("status", "must be a Hash")
+    counters = dict.fromkeys(COUNTERS, 0)
+    for key, raw in value.items():
+        if key not in counters:
+            raise ReportError.invalid("status", f"has an unknown counter {key!r}")
+        number = _integer(raw)
+        if number is None or number < 0:
+            raise ReportError.invalid("status", f"{key} must be a non-negative integer")
+        counters[key] = number
+    return counters
+
+
+def _integer(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _metrics(value: Any) -> dict[str, dict[str, float]]:
+    if not isinstance(value, dict):
+        raise ReportError.invalid("metrics", "must be a Hash")
+    metrics: dict[str, dict[str, float]] = {}
+    for category, entries in value.items():
+        if isinstance(entries, dict) and isinstance(entries.get("values"), list):
+            entries = {str(e[0]): e[2] for e in entries["values"] if isinstance(e, list) and len(e) == 3}
+        if not isinstance(entries, dict):
+            raise ReportError.invalid("metrics", f"{category} must be a Hash")
+        numbers = {}
+        for key, number in entries.items():
+            if isinstance(number, str):
+                try:
+                    number = float(number)
+                except ValueError:
+                    number = None
+            if isinstance(number, bool) or not isinstance(number, int | float):
+                raise ReportError.invalid("metrics", f"{category}.{key} must be a number")
+            numbers[str(key)] = number
+        metrics[str(category)] = numbers
+    return metrics
+
+
+def _logs(value: Any) -> list[Log]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ReportError.invalid("logs", "must be an Array")
+    logs = []
+    for index, item in enumerate(value):
+        entry = item.get("log") if isinstance(item, dict) else None
+        if not isinstance(entry, dict):
+            raise ReportError.invalid("logs", f'entry {index} must be {{"log": {{...}}}}')
+        level = entry.get("level")
+        if level not in LEVELS:
+            raise ReportError.invalid("logs", f"level {level!r} is not one of {', '.join(LEVELS)}")
+        message = (entry.get("messages") or {}).get("message")
+        source = (entry.get("sources") or {}).get("source")
+        logs.append(Log(level=level, message=_text(message), source=_text(source)))
+    return logs
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else value if isinstance(value, str) else str(value)
+
+
+def _origin(reporter: Any, logs: list[Log]) -> str | None:
+    if reporter == "ansible":
+        return "Ansible"
+    if logs and "Puppet" in logs[-1].source:
+        return "Puppet"
+    if any(log.source == "Chef" for log in logs):
+        return "Chef"
+    return None

@@ -1,0 +1,90 @@
+"""Ingest: authenticate, read, parse at the edge, spool durably, answer.
+
+One module per family of clients (:mod:`.puppet`, :mod:`.foreman`,
+:mod:`.chef`), each answering in its family's own shapes. They all end in
+:func:`accept_report`, which answers only once the report is committed and
+never waits for processors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import structlog
+from aiohttp import web
+
+from reportd.formats import Envelope
+from reportd.model import Report
+from reportd.storage import Accepted, InboxEntry
+from reportd.web import CONFIG, DISPATCHER, STORAGE, BodyTooLarge, read_body
+
+log = structlog.get_logger("reportd.ingest")
+
+
+def idempotency_key(report: Report) -> str:
+    """The same run sent twice is one report (spec README, "Idempotent ingest").
+
+    Puppet's ``transaction_uuid`` and Chef's ``run_id`` identify a run;
+    Foreman-style uploads have only the host and ``reported_at``.
+    """
+    if report.transaction_uuid:
+        return f"{report.format}:{report.certname}:{report.transaction_uuid}"
+    if report.format == "foreman" and report.start_time is not None:
+        return f"foreman:{report.certname}:{report.start_time.isoformat()}"
+    return f"{report.format}:{report.certname}:sha256:{hashlib.sha256(report.raw).hexdigest()}"
+
+
+async def accept_report(app: web.Application, report: Report, envelope: Envelope) -> Accepted:
+    """Durably spool ``report`` (group-committed), then hand it to the dispatcher."""
+    dispatcher = app[DISPATCHER]
+    entry = InboxEntry(
+        idempotency_key=idempotency_key(report),
+        certname=report.certname,
+        format=envelope.format,
+        received_at=envelope.received_at.timestamp(),
+        envelope=envelope.to_dict(),
+        body=report.raw,
+    )
+    accepted = await app[STORAGE].accept(entry, dispatcher.processor_names)
+    report.id = accepted.report_id
+    if not accepted.duplicate:
+        dispatcher.submit(report)
+    return accepted
+
+
+async def read_report_body(request: web.Request) -> bytes | None:
+    """The body, or None when it is larger than ``max_body_size`` (the caller answers 413)."""
+    try:
+        return await read_body(request, request.app[CONFIG].max_body_size)
+    except BodyTooLarge:
+        log_rejected(request, "size", "body too large")
+        return None
+
+
+def log_rejected(request: web.Request, reason: str, message: str, **fields) -> None:
+    log.warning(
+        "report_rejected", reason=reason, path=request.path, remote=request.remote, error=message, **fields
+    )
+
+
+def log_accepted(report: Report, accepted: Accepted, size: int, started: float) -> None:
+    log.info(
+        "report_accepted",
+        certname=report.certname,
+        report_id=accepted.report_id,
+        format=report.format,
+        transaction_uuid=report.transaction_uuid,
+        status=report.status,
+        duplicate=accepted.duplicate,
+        bytes=size,
+        ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+
+
+def setup_ingest_routes(app: web.Application) -> None:
+    from reportd.ingest import chef, foreman, puppet
+
+    puppet.setup_routes(app)
+    foreman.setup_routes(app)
+    chef.setup_routes(app)
