@@ -291,13 +291,18 @@ class QueueSample:
     oldest_pending_seconds: float | None
 
 
+# The processor whose progress is followed (--processor): the store by default, the
+# puppetdb forwarder for the forwarding benchmark.
+TRACKED_PROCESSOR = "store"
+
+
 async def poll_queue(session: aiohttp.ClientSession, base_url: str) -> QueueSample | None:
     sent = time.monotonic()
     try:
         async with session.get(base_url + QUEUE_PATH) as response:
             if response.status != 200:
                 return None
-            store = orjson.loads(await response.read())["processors"]["store"]
+            store = orjson.loads(await response.read())["processors"][TRACKED_PROCESSOR]
     except (aiohttp.ClientError, TimeoutError, KeyError, TypeError, orjson.JSONDecodeError):
         return None
     # The count was taken somewhere between send and answer; under load that gap is
@@ -643,10 +648,14 @@ def print_target(r: dict) -> None:
         f"server RSS    peak {fmt(r.get('rss_peak_mb'), '.1f')} MB (VmHWM)",
     ]
     if "store_finished_per_s" in r:
+        per_report = None
+        if r["store_finished_per_s"] and r["cpu_percent_mean"] is not None:
+            per_report = r["cpu_percent_mean"] * 10 / r["store_finished_per_s"]  # CPU ms per report
         lines += [
-            f"store         {fmt(r['store_finished_per_s'])} finished/s during load;"
+            f"{TRACKED_PROCESSOR:<13} {fmt(r['store_finished_per_s'])} finished/s during load;"
             f" pending max {fmt(r['pending_max_during_load'], 'd')},"
             f" at load end {fmt(r['pending_at_load_end'], 'd')}; dead {fmt(r['dead'], 'd')}",
+            f"CPU per report {fmt(per_report, '.2f')} ms of the daemon's CPU per finished report",
             f"drain         {fmt(r['drain_seconds'], '.1f')} s after the load stopped"
             + (
                 ""
@@ -716,7 +725,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="report generator seed")
     parser.add_argument("--keep-data", action="store_true", help="keep the data dir and server log")
     parser.add_argument("--json", metavar="FILE", help="write all figures to FILE")
+    parser.add_argument(
+        "--processor", default="store", help="whose progress counts as finished (e.g. puppetdb)"
+    )
     args = parser.parse_args(argv)
+    global TRACKED_PROCESSOR
+    TRACKED_PROCESSOR = args.processor
     if not 1 <= args.nodes <= 100_000:
         parser.error("--nodes must be within 1..100000")
     if args.processes < 1 or args.connections < args.processes:

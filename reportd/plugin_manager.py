@@ -16,7 +16,7 @@ import pluggy
 from reportd import hookspecs
 from reportd.settings import ConfigError
 
-BUILTIN_PLUGINS = ("reportd_plugins.store",)
+BUILTIN_PLUGINS = ("reportd_plugins.store", "reportd_plugins.puppetdb")
 ENTRY_POINT_GROUP = "reportd"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from reportd.model import Report
@@ -85,11 +85,36 @@ def parse(body: bytes, envelope: Envelope) -> Report:
         parser = parsers()[envelope.format]
     except KeyError:
         raise ReportError(f"unknown report format {envelope.format!r}") from None
-    report = parser(body, envelope)
+    return with_origin(parser(body, envelope), body, envelope)
+
+
+def with_origin(report: Report, body: bytes, envelope: Envelope) -> Report:
+    """Attach what the report was parsed from: together they rebuild it after a restart."""
     report.raw = body
     report.raw_content_type = envelope.content_type
     report.envelope = envelope.to_dict()
     return report
+
+
+def as_count(value: Any) -> int | None:
+    """A non-negative integer from an int or a string of ASCII digits, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def plus_seconds(start: datetime, seconds: Any, field_name: str) -> datetime | None:
+    """``start`` plus a run's duration; None without one, a ReportError when absurd."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return None
+    try:
+        return start + timedelta(seconds=seconds)
+    except (OverflowError, ValueError):
+        raise ReportError.invalid(field_name, f"{seconds!r} seconds is out of range") from None
 
 
 def parse_time(value: Any, field_name: str) -> tuple[datetime, bool]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from reportd.formats import Envelope, ReportError, parse_time
+from reportd.formats import Envelope, ReportError, as_count, parse_time
 from reportd.model import Event, Log, Report, ResourceStatus
 from reportd.status import derive_status
 
@@ -256,11 +256,10 @@ def _exception_log(exception: dict, when: datetime) -> Log:
 
 
 def _count(value: Any, name: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    raise ReportError(f"{name}: expected a count, got {value!r}")
+    count = as_count(value)
+    if count is None:
+        raise ReportError(f"{name}: expected a count, got {value!r}")
+    return count
 
 
 def _seconds(duration: Any) -> float | None:

@@ -9,12 +9,12 @@ Foreman's nested shape.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import orjson
 
-from reportd.formats import Envelope, ReportError, parse_time
+from reportd.formats import Envelope, ReportError, as_count, parse_time, plus_seconds
 from reportd.model import Log, Report
 from reportd.status import derive_status
 
@@ -82,6 +82,11 @@ def from_data(document: dict[str, Any], envelope: Envelope) -> Report:
     if counters["pending"]:
         metrics.setdefault("events", {}).setdefault("noop", counters["pending"])
     total = metrics.get("time", {}).get("total")
+    end_time = plus_seconds(reported_at, total, "metrics")
+    start_time = reported_at
+    if reporter == "ansible" and end_time is not None:
+        # Foreman's Ansible callback reports when the play ended, not when it began.
+        start_time, end_time = reported_at - (end_time - reported_at), reported_at
     changed = counters["applied"] + counters["restarted"] > 0
     failed = counters["failed"] + counters["failed_restarts"] > 0
     report = Report(
@@ -90,8 +95,8 @@ def from_data(document: dict[str, Any], envelope: Envelope) -> Report:
         origin=_origin(reporter, logs),
         received_at=envelope.received_at,
         environment=envelope.environment,
-        start_time=reported_at,
-        end_time=reported_at + timedelta(seconds=total) if isinstance(total, int | float) else None,
+        start_time=start_time,
+        end_time=end_time,
         agent_status="failed" if failed else "changed" if changed else "unchanged",
         # A check-mode run, or one that only has pending (noop) changes, changed nothing.
         noop=check_mode or (counters["pending"] > 0 and not changed and not failed),
@@ -100,6 +105,7 @@ def from_data(document: dict[str, Any], envelope: Envelope) -> Report:
         metrics=metrics,
         logs=logs,
         extra={
+            "reported_at": reported_at.isoformat(),
             "status": counters,
             "status_bits": status_bits(counters),
             **({"reporter": reporter} if isinstance(reporter, str) else {}),
@@ -130,21 +136,11 @@ def _counters(value: Any) -> dict[str, int]:
     for key, raw in value.items():
         if key not in counters:
             raise ReportError.invalid("status", f"has an unknown counter {key!r}")
-        number = _integer(raw)
-        if number is None or number < 0:
+        number = as_count(raw)
+        if number is None:
             raise ReportError.invalid("status", f"{key} must be a non-negative integer")
         counters[key] = number
     return counters
-
-
-def _integer(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
 
 
 def _metrics(value: Any) -> dict[str, dict[str, float]]:
@@ -183,8 +179,10 @@ def _logs(value: Any) -> list[Log]:
         level = entry.get("level")
         if level not in LEVELS:
             raise ReportError.invalid("logs", f"level {level!r} is not one of {', '.join(LEVELS)}")
-        message = (entry.get("messages") or {}).get("message")
-        source = (entry.get("sources") or {}).get("source")
+        messages, sources = entry.get("messages") or {}, entry.get("sources") or {}
+        if not isinstance(messages, dict) or not isinstance(sources, dict):
+            raise ReportError.invalid("logs", f"entry {index} needs messages and sources objects")
+        message, source = messages.get("message"), sources.get("source")
         logs.append(Log(level=level, message=_text(message), source=_text(source)))
     return logs
 

@@ -7,13 +7,12 @@ constructor for Ruby object tags reads them as plain mappings.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 import orjson
 import yaml
 
-from reportd.formats import Envelope, ReportError, parse_time
+from reportd.formats import Envelope, ReportError, parse_time, plus_seconds
 from reportd.model import Event, Log, Report, ResourceStatus
 from reportd.status import derive_status
 
@@ -92,7 +91,7 @@ def from_data(data: Any, envelope: Envelope) -> Report:
         received_at=envelope.received_at,
         environment=environment,
         start_time=start_time,
-        end_time=start_time + timedelta(seconds=total) if total is not None else None,
+        end_time=plus_seconds(start_time, total, "metrics.time.total"),
         transaction_uuid=_optional_str(data, "transaction_uuid"),
         catalog_uuid=_optional_str(data, "catalog_uuid"),
         code_id=_optional_str(data, "code_id"),

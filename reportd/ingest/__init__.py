@@ -30,8 +30,8 @@ def idempotency_key(report: Report) -> str:
     """
     if report.transaction_uuid:
         return f"{report.format}:{report.certname}:{report.transaction_uuid}"
-    if report.format == "foreman" and report.start_time is not None:
-        return f"foreman:{report.certname}:{report.start_time.isoformat()}"
+    if report.format == "foreman" and "reported_at" in report.extra:
+        return f"foreman:{report.certname}:{report.extra['reported_at']}"
     return f"{report.format}:{report.certname}:sha256:{hashlib.sha256(report.raw).hexdigest()}"
 
 

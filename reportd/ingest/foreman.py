@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from reportd.auth import UPLOAD
-from reportd.formats import Envelope, ReportError, foreman
+from reportd.formats import Envelope, ReportError, as_count, foreman, with_origin
 from reportd.ingest import accept_report, log_accepted, log_rejected, read_report_body
 from reportd.model import utcnow
 from reportd.web import CONFIG, identify, json_error, json_response
@@ -47,9 +47,10 @@ def _scope_ids(request: web.Request, document: dict[str, Any]) -> dict[str, int 
         if value is None or value == "":
             ids[name] = None
             continue
-        if isinstance(value, bool) or not str(value).strip().lstrip("-").isdigit():
+        number = as_count(value if isinstance(value, int) else str(value))
+        if number is None:
             raise _validation_error(name, "must be an Integer")
-        ids[name] = int(str(value).strip())
+        ids[name] = number
     return ids
 
 
@@ -78,7 +79,7 @@ async def post_config_report(request: web.Request) -> web.Response:
             received_at=utcnow(),
             params=_scope_ids(request, document),
         )
-        report = foreman.from_data(document, envelope)
+        report = with_origin(foreman.from_data(document, envelope), body, envelope)
     except ReportError as error:
         log_rejected(request, "parse" if error.kind == "MALFORMED" else "validation", error.message)
         if error.kind == "MALFORMED":
@@ -101,8 +102,9 @@ async def post_config_report(request: web.Request) -> web.Response:
         {
             "id": accepted.report_id,
             "host": report.certname,
-            "reported_at": report.start_time.isoformat().replace("+00:00", "Z"),
-            "status": report.extra["status"],
+            "reported_at": report.extra["reported_at"].replace("+00:00", "Z"),
+            # what Foreman answers: the counters decoded from the packed bits (so clamped)
+            "status": foreman.unpack_status_bits(report.extra["status_bits"]),
             "origin": report.origin,
         },
         status=201,
