@@ -407,3 +407,52 @@ async def test_cli_send_with_client_certificate_and_token(daemon, pki, tmp_path)
 
     viewer = await create_token(daemon, "viewer", "view_reports")
     assert len(await wait_stored(daemon, pki, viewer, 2, SAMPLE_CERTNAME)) == 2
+
+
+# -- the same node rule for Foreman-style and Chef uploads -------------------------------------
+
+
+def foreman_body(host: str) -> bytes:
+    return orjson.dumps({"config_report": {
+        "host": host, "reported_at": "2026-11-23 10:00:00 UTC", "status": {"applied": 1},
+        "metrics": {}, "logs": []}})  # fmt: skip
+
+
+def chef_end(run_id: str) -> bytes:
+    return orjson.dumps({
+        "action": "end", "run_id": run_id, "status": "success", "start_time": "2026-11-23 10:00:00 +0000",
+        "end_time": "2026-11-23 10:01:00 +0000", "run_list": "[]", "total_res_count": "0", "resources": [],
+        "data": {}})  # fmt: skip
+
+
+async def test_foreman_upload_follows_the_node_rule(daemon, pki):
+    answer = await call(daemon, pki, "POST", "/api/config_reports", body=foreman_body(OTHER), cert="lab")
+    assert answer.status == 403
+    assert answer.json()["error"]["message"] == "Access denied"
+    answer = await call(
+        daemon, pki, "POST", "/api/config_reports", body=foreman_body(SAMPLE_CERTNAME), cert="lab"
+    )
+    assert answer.status == 201, answer.body
+    answer = await call(
+        daemon, pki, "POST", "/api/config_reports", body=foreman_body(OTHER), cert="forwarder"
+    )
+    assert answer.status == 201, answer.body
+    # nobody at all: Foreman's own 403, to the letter
+    answer = await call(daemon, pki, "POST", "/api/config_reports", body=foreman_body(OTHER))
+    assert answer.status == 403
+    assert answer.json() == {"error": {
+        "message": "Access denied",
+        "details": "Missing one of the required permissions: upload_config_reports",
+        "missing_permissions": ["upload_config_reports"]}}  # fmt: skip
+
+
+async def test_chef_upload_follows_the_node_rule(daemon, pki):
+    headers = {"X-Ops-Reporting-Protocol-Version": "0.1.0"}
+    run_id = str(uuid.uuid4())
+    path = f"/organizations/acme/reports/nodes/{OTHER}/runs/{run_id}"
+    answer = await call(daemon, pki, "POST", path, body=chef_end(run_id), cert="lab", headers=headers)
+    assert answer.status == 403
+    assert isinstance(answer.json()["error"], list)
+    path = f"/organizations/acme/reports/nodes/{SAMPLE_CERTNAME}/runs/{run_id}"
+    answer = await call(daemon, pki, "POST", path, body=chef_end(run_id), cert="lab", headers=headers)
+    assert (answer.status, answer.json()) == (201, {})

@@ -26,7 +26,9 @@
 #   REPORTD_PUPPETDB_DIR        private state (default /var/tmp/reportd-puppetdb):
 #                               conf.d/, var/ (vardir; var/stockpile/discard holds
 #                               rejected commands), log/, puppetdb.pid
-#   REPORTD_PUPPETDB_JAVA_ARGS  JVM flags (default "-Xmx512m -Xms128m")
+#   REPORTD_PUPPETDB_JAVA_ARGS  JVM flags (default "-Xmx512m -Xms128m -XX:+UseSerialGC
+#                               -XX:TieredStopAtLevel=1": ~24 s to start, ~380 MB RSS;
+#                               without the last two ~30 s and ~550 MB)
 #   REPORTD_PUPPETDB_JAVA       java binary (default /usr/bin/java: Debian's
 #                               OpenJDK 17, which the package is built for)
 #   REPORTD_PUPPETDB_TIMEOUT    seconds `start` waits (default 180)
@@ -46,7 +48,7 @@ DB="${REPORTD_PUPPETDB_DB:-puppetdb}"
 DB_USER="${REPORTD_PUPPETDB_DB_USER:-puppetdb}"
 DB_PASSWORD="${REPORTD_PUPPETDB_DB_PASSWORD:-puppetdb}"
 DIR="${REPORTD_PUPPETDB_DIR:-/var/tmp/reportd-puppetdb}"
-JAVA_ARGS="${REPORTD_PUPPETDB_JAVA_ARGS:--Xmx512m -Xms128m}"
+JAVA_ARGS="${REPORTD_PUPPETDB_JAVA_ARGS:--Xmx512m -Xms128m -XX:+UseSerialGC -XX:TieredStopAtLevel=1}"
 TIMEOUT="${REPORTD_PUPPETDB_TIMEOUT:-180}"
 HOST=127.0.0.1
 URL="http://$HOST:$PORT"
