@@ -288,25 +288,11 @@ def _resource_events(body: dict[str, Any]) -> list[tuple[dict[str, Any], dict[st
 
 
 def report_identity_string(body: dict[str, Any]) -> str:
-    """The exact string PuppetDB SHA-1s into a report's hash (see :func:`report_hash`)."""
-    events = []
-    for resource, event in _resource_events(body):
-        events.append(
-            _generic_identity_string(
-                {
-                    "resource_type": resource.get("resource_type"),
-                    "resource_title": resource.get("resource_title"),
-                    "property": event.get("property"),
-                    "timestamp": normalize_time(event.get("timestamp")),
-                    "status": event.get("status"),
-                    "old_value": _db_serialize(event.get("old_value")),
-                    "new_value": _db_serialize(event.get("new_value")),
-                    "message": event.get("message"),
-                    "file": resource.get("file"),
-                    "line": resource.get("line"),
-                }
-            )
-        )
+    """The exact string PuppetDB 7.12 SHA-1s into a report's hash (see :func:`report_hash`).
+
+    Checked against a real PuppetDB 7.12.1 (tests/data/puppetdb/store_report_v8.*):
+    newer sources also hash the resource events; the release Debian ships does not.
+    """
     return _generic_identity_string(
         {
             "certname": body.get("certname"),
@@ -316,22 +302,18 @@ def report_identity_string(body: dict[str, Any]) -> str:
             "start_time": normalize_time(body.get("start_time")),
             "end_time": normalize_time(body.get("end_time")),
             "producer_timestamp": normalize_time(body.get("producer_timestamp")),
-            "resource_events": sorted(events, key=_u16),
             "transaction_uuid": body.get("transaction_uuid"),
         }
     )
 
 
 def report_hash(body: dict[str, Any]) -> str:
-    """PuppetDB's report hash (scf/hash.clj ``report-identity-hash``), lower-case hex SHA-1.
+    """PuppetDB's report hash, lower-case hex SHA-1 (spec/puppetdb.md).
 
-    SHA-1 over the UTF-8 of the compact, key-sorted Cheshire JSON of ``certname,
+    SHA-1 over the UTF-8 of the compact, key-sorted JSON of ``certname,
     puppet_version, report_format, configuration_version, start_time, end_time,
-    producer_timestamp, transaction_uuid`` **and** ``resource_events``: the sorted list
-    of each event's own identity string (compact sorted JSON of ``resource_type,
-    resource_title, property, timestamp, status, old_value, new_value, message, file,
-    line``, where old/new values are themselves JSON-serialized). Times are normalized
-    to UTC ``yyyy-MM-ddTHH:mm:ss.SSSZ`` (sub-millisecond digits truncated).
+    producer_timestamp, transaction_uuid``, times normalized to UTC
+    ``yyyy-MM-ddTHH:mm:ss.SSSZ`` (sub-millisecond digits truncated).
     """
     text = report_identity_string(body)
     return hashlib.sha1(text.encode("utf-8", "replace")).hexdigest()

@@ -24,8 +24,14 @@
 #   REPORTD_PUPPETDB_DB         database name (default puppetdb)
 #   REPORTD_PUPPETDB_DB_USER    role (default puppetdb), _DB_PASSWORD (default puppetdb)
 #   REPORTD_PUPPETDB_DIR        private state (default /var/tmp/reportd-puppetdb):
-#                               conf.d/, var/ (vardir; var/stockpile/discard holds
-#                               rejected commands), log/, puppetdb.pid
+#                               conf.d/, log/ (puppetdb.log, access.log, stdout.log),
+#                               puppetdb.pid, var/ = PuppetDB's vardir:
+#                                 var/stockpile/discard/  dead letters: commands that
+#                                   failed for good (<id>-<recv ms><+/-offset>_report_8_
+#                                   <certname>.json[.gz] + ..._err.txt with the reason)
+#                                 var/stockpile/cmd/q/    queued commands, including ones
+#                                   waiting to be retried (retried after 60 min, 5 times,
+#                                   and once more at every start)
 #   REPORTD_PUPPETDB_JAVA_ARGS  JVM flags (default "-Xmx512m -Xms128m -XX:+UseSerialGC
 #                               -XX:TieredStopAtLevel=1": ~24 s to start, ~380 MB RSS;
 #                               without the last two ~30 s and ~550 MB)
@@ -33,13 +39,13 @@
 #                               OpenJDK 17, which the package is built for)
 #   REPORTD_PUPPETDB_TIMEOUT    seconds `start` waits (default 180)
 #
-# What it changes outside REPORTD_PUPPETDB_DIR: the Debian package (apt-get;
-# dbconfig-common is preseeded off, so the package itself does not touch
-# PostgreSQL or write /etc/puppetdb/conf.d/database.ini; on a machine where it
-# already did, that is left alone), and in PostgreSQL the role and database
-# named above (role password is set to REPORTD_PUPPETDB_DB_PASSWORD).  The
-# package's systemd unit / init script are not used or enabled; /etc/puppetdb
-# is only read from (bootstrap.cfg, auth.conf).
+# What it changes outside REPORTD_PUPPETDB_DIR: the Debian package (apt-get
+# installs puppetdb and its /etc/puppetdb, unused here; dbconfig-common is
+# preseeded off so the package itself creates no role or database), and in
+# PostgreSQL the role and database named above (the role's password is set to
+# REPORTD_PUPPETDB_DB_PASSWORD).  The package's systemd unit and init script
+# are not used; /etc/puppetdb is only read (bootstrap.cfg, auth.conf).
+# PuppetDB runs as the invoking user (root here), not the `puppetdb` user.
 set -euo pipefail
 
 PORT="${REPORTD_PUPPETDB_PORT:-8080}"
@@ -196,6 +202,9 @@ cmd_install() {
 # -------------------------------------------------------------------- start --
 cmd_start() {
   if pid_alive; then
+    local cur; cur="$(sed -n 's/^port *= *//p' "$DIR/conf.d/jetty.ini" 2>/dev/null)"
+    [[ -z "$cur" || "$cur" == "$PORT" ]] ||
+      die "already running from $DIR on port $cur; 'puppetdb.sh stop' first"
     if is_running; then log "already running (pid $(cat "$PIDFILE"))"; print_url; return 0; fi
     log "pid $(cat "$PIDFILE") exists but is not running yet; waiting for it"
   else
@@ -259,8 +268,12 @@ cmd_stop() {
 
 # ------------------------------------------------------------------- status --
 cmd_status() {
-  local js
+  local js cur
   if pid_alive; then
+    cur="$(sed -n 's/^port *= *//p' "$DIR/conf.d/jetty.ini" 2>/dev/null)"
+    if [[ -n "$cur" && "$cur" != "$PORT" ]]; then
+      PORT="$cur"; URL="http://$HOST:$PORT"; STATUS_URL="$URL/status/v1/services/puppetdb-status"
+    fi
     js="$(status_json)"
     if grep -q '"state" *: *"running"' <<<"$js"; then
       echo "running pid=$(cat "$PIDFILE") url=$URL"
