@@ -91,6 +91,9 @@ def summary(report: Report) -> dict[str, Any]:
         "resources": {key: resources.get(key, 0) for key in SUMMARY_RESOURCE_KEYS},
         "events": report.metrics.get("events", {}),
         "run_seconds": report.metrics.get("time", {}).get("total"),
+        # every metric, so a node's figures can be shown (and /metrics rebuilt) from its row
+        "metrics": report.metrics,
+        "transaction_completed": report.transaction_completed,
         "agent_status": report.agent_status,
         "noop_pending": report.noop_pending,
         "cached_catalog_status": report.cached_catalog_status,

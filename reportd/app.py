@@ -21,12 +21,14 @@ from reportd.periodic import drain, every
 from reportd.plugin_manager import declared_settings, processor_classes
 from reportd.settings import ConfigError
 from reportd.storage import Storage, open_storage
+from reportd.telemetry import Telemetry
 from reportd.web import (
     AUTHENTICATOR,
     CONFIG,
     CONTEXT,
     DISPATCHER,
     STORAGE,
+    TELEMETRY,
     json_response,
     require_permission,
 )
@@ -65,18 +67,20 @@ def create_app(
     prepared = prepare(config, pm)
     if storage is None:
         storage = open_storage(config.database_url, synchronous=config.sqlite_synchronous, exclusive=True)
-    context = PluginContext(config, storage, prepared.settings, config.processors)
+    context = PluginContext(config, storage, prepared.settings, config.processors, Telemetry())
     processors = [prepared.processor_classes[name](context) for name in config.processors]
     app = web.Application(client_max_size=config.max_body_size + 1)
     app[CONFIG] = config
     app[STORAGE] = storage
     app[CONTEXT] = context
     app[AUTHENTICATOR] = Authenticator(config, storage.find_token)
+    app[TELEMETRY] = context.telemetry
     app[DISPATCHER] = Dispatcher(
         storage,
         processors,
         retry=RetryPolicy(config.max_attempts, config.retry_initial, config.retry_max),
         timeout=config.processor_timeout,
+        telemetry=context.telemetry,
     )
     app.cleanup_ctx.append(_storage_lifecycle)
     app.cleanup_ctx.append(_make_plugin_lifecycle(pm))

@@ -50,7 +50,7 @@ CORE_SETTINGS: dict[str, Setting] = {
     "data_dir": Setting("", as_path, "where the SQLite database lives"),
     "database": Setting("", as_str, "empty: SQLite in data_dir"),
     "sqlite_synchronous": Setting("full", one_of("full", "normal"), "fsync every commit"),
-    "processors": Setting("store", as_list, "enabled processors, in order"),
+    "processors": Setting("store, metrics", as_list, "enabled processors, in order"),
     "plugin_paths": Setting("", as_list, "directories of plugin modules"),
     "disabled_plugins": Setting("", as_list, "plugins not to load"),
     "max_body_size": Setting("64MiB", as_size, "largest accepted request body"),

@@ -23,6 +23,7 @@ from reportd.formats import Envelope, ReportError, parse
 from reportd.model import Report
 from reportd.processor import PermanentError, Processor
 from reportd.storage import Claim, DeliveryFailure, Storage
+from reportd.telemetry import Telemetry
 
 log = structlog.get_logger("reportd.dispatch")
 
@@ -59,12 +60,14 @@ class Dispatcher:
         *,
         retry: RetryPolicy,
         timeout: float,
+        telemetry: Telemetry | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._storage = storage
         self._retry = retry
         self._timeout = timeout
         self._clock = clock
+        self._telemetry = telemetry or Telemetry()
         self._cache: OrderedDict[int, Report] = OrderedDict()
         self._workers = [_Worker(p) for p in processors]
         self._stopping = False
@@ -138,6 +141,8 @@ class Dispatcher:
         if reports:
             failures.update(await self._call(processor, reports))
         elapsed = time.monotonic() - started
+        if reports:
+            self._telemetry.processor_seconds.labels(processor.name).observe(elapsed)
         stats = self.stats[processor.name]
         stats.batch_seconds += elapsed
         done = [r.id for r in reports if r.id not in failures]
@@ -179,6 +184,7 @@ class Dispatcher:
             rows.append(DeliveryFailure(claim.report_id, attempts, message, now + delay, dead))
             stats.failures += 1
             stats.dead_letters += dead
+            self._telemetry.processor_failures.labels(processor.name).inc()
             log.warning(
                 "processor_dead_letter" if dead else "processor_failed",
                 processor=processor.name,

@@ -16,7 +16,7 @@ import pluggy
 from reportd import hookspecs
 from reportd.settings import ConfigError
 
-BUILTIN_PLUGINS = ("reportd_plugins.store", "reportd_plugins.puppetdb")
+BUILTIN_PLUGINS = ("reportd_plugins.store", "reportd_plugins.puppetdb", "reportd_plugins.metrics")
 ENTRY_POINT_GROUP = "reportd"
 
 

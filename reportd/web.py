@@ -18,6 +18,7 @@ STORAGE = web.AppKey("storage", "Storage")
 CONTEXT = web.AppKey("context", "PluginContext")
 DISPATCHER = web.AppKey("dispatcher", "Dispatcher")
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+TELEMETRY = web.AppKey("telemetry", "Telemetry")
 # aiohttp >= 3.14 warns about plain string keys in request storage.
 IDENTITY = web.RequestKey("identity", Identity) if hasattr(web, "RequestKey") else "identity"
 

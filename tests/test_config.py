@@ -17,7 +17,7 @@ def test_defaults_without_a_file(tmp_path, monkeypatch):
     config = load_config(None)
     assert config.source == "<defaults>"
     assert config.listen == ("127.0.0.1", 8141)
-    assert config.processors == ("store",)
+    assert config.processors == ("store", "metrics")
     assert config.data_dir == tmp_path / "xdg" / "reportd"
     assert config.database_url == f"sqlite:///{tmp_path / 'xdg' / 'reportd' / 'reportd.sqlite3'}"
     assert config.anonymous_networks == (
@@ -46,7 +46,7 @@ def test_state_directory_wins_over_xdg(tmp_path, monkeypatch):
 
 def test_empty_reportd_section_gives_the_same_defaults():
     assert load_config_string("[reportd]\n").listen == ("127.0.0.1", 8141)
-    assert load_config_string("[reportd]\n").processors == ("store",)
+    assert load_config_string("[reportd]\n").processors == ("store", "metrics")
 
 
 def test_values_from_a_file(tmp_path):

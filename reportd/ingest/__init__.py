@@ -17,7 +17,7 @@ from aiohttp import web
 from reportd.formats import Envelope
 from reportd.model import Report
 from reportd.storage import Accepted, InboxEntry
-from reportd.web import CONFIG, DISPATCHER, STORAGE, BodyTooLarge, read_body
+from reportd.web import CONFIG, DISPATCHER, STORAGE, TELEMETRY, BodyTooLarge, read_body
 
 log = structlog.get_logger("reportd.ingest")
 
@@ -63,12 +63,20 @@ async def read_report_body(request: web.Request) -> bytes | None:
 
 
 def log_rejected(request: web.Request, reason: str, message: str, **fields) -> None:
+    """Log and count a refused request (reason: auth, size, parse or validation)."""
+    request.app[TELEMETRY].rejected.labels(reason).inc()
     log.warning(
         "report_rejected", reason=reason, path=request.path, remote=request.remote, error=message, **fields
     )
 
 
-def log_accepted(report: Report, accepted: Accepted, size: int, started: float) -> None:
+def log_accepted(request: web.Request, report: Report, accepted: Accepted, size: int, started: float) -> None:
+    """Log and count an accepted report (one canonical line per report)."""
+    elapsed = time.perf_counter() - started
+    telemetry = request.app[TELEMETRY]
+    telemetry.received.labels(report.format, "duplicate" if accepted.duplicate else "accepted").inc()
+    telemetry.ingest_seconds.observe(elapsed)
+    telemetry.report_bytes.observe(size)
     log.info(
         "report_accepted",
         certname=report.certname,
@@ -78,7 +86,7 @@ def log_accepted(report: Report, accepted: Accepted, size: int, started: float) 
         status=report.status,
         duplicate=accepted.duplicate,
         bytes=size,
-        ms=round((time.perf_counter() - started) * 1000, 2),
+        ms=round(elapsed * 1000, 2),
     )
 
 

@@ -109,7 +109,7 @@ async def end_run(request: web.Request) -> web.Response:
         log_rejected(request, "parse", error.message, certname=node)
         raise chef_error(400, error.message) from None
     accepted = await accept_report(request.app, report, envelope)
-    log_accepted(report, accepted, len(body), started)
+    log_accepted(request, report, accepted, len(body), started)
     return json_response({}, status=201)
 
 
@@ -150,7 +150,7 @@ async def data_collector(request: web.Request) -> web.Response:
         log_rejected(request, "parse", error.message, certname=node)
         raise chef_error(400, error.message) from None
     accepted = await accept_report(request.app, report, envelope)
-    log_accepted(report, accepted, len(body), started)
+    log_accepted(request, report, accepted, len(body), started)
     return json_response({})
 
 

@@ -94,7 +94,7 @@ async def post_config_report(request: web.Request) -> web.Response:
         )  # fmt: skip
 
     accepted = await accept_report(request.app, report, envelope)
-    log_accepted(report, accepted, len(body), started)
+    log_accepted(request, report, accepted, len(body), started)
     if accepted.duplicate:
         # Foreman's uniqueness validation of reported_at per host; the report is stored once.
         raise _validation_error("reported_at", "has already been taken")

@@ -52,7 +52,7 @@ async def _puppet_ingest(request: web.Request, path_certname: str | None) -> web
         raise _forbidden(request)
 
     accepted = await accept_report(request.app, report, envelope)
-    log_accepted(report, accepted, len(body), started)
+    log_accepted(request, report, accepted, len(body), started)
     # Puppet agents require a JSON array: puppetserver answers the processor names.
     return json_response(request.app[DISPATCHER].processor_names)
 

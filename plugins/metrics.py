@@ -1,0 +1,369 @@
+"""The ``metrics`` processor: ``/metrics`` for Prometheus (spec/metrics.md).
+
+Per-node gauges under puppet-prometheus_reporter's names and labels, so
+existing dashboards and alerts keep working, for every node and wire format,
+plus reportd's own node series and the daemon's counters.
+
+A scrape of many nodes must be cheap and must not hold up ingest, yet
+prometheus-client (which does all the formatting here) takes microseconds per
+sample. So each node's samples are rendered by prometheus-client once, when a
+newer report for the node arrives, and kept per metric family; a scrape
+concatenates the kept blocks under each family's header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from reportd import PluginContext, Processor, Report, Setting, hookimpl, require_permission
+from reportd.auth import VIEW_REPORTS
+from reportd.settings import as_duration, as_list, as_networks, as_str
+from reportd.status import change_kind
+from reportd.web import DISPATCHER, STORAGE, TELEMETRY
+
+NAME = "metrics"
+RENDER_CHUNK = 8  # nodes rendered between two turns of the event loop (about 2 ms)
+STREAM_CHUNK = 500  # nodes per piece of a scrape's response
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CATEGORIES = ("resources", "time", "changes", "events")
+PUPPET_STATES = ("failed", "changed", "unchanged")
+CATALOG_STATES = ("not_used", "explicitly_requested", "on_failure")
+# reportd_node_status: the run statuses of node-status.md, "changed" split by its kind.
+NODE_STATES = ("failed", "noop_pending", "noop", "corrective", "intentional", "unchanged")
+
+# Family name -> help. Categories map to puppet_report_<category>.
+FAMILIES: dict[str, str] = {
+    "puppet_report_resources": "Resources of the node's last run, by Puppet's metric label.",
+    "puppet_report_time": "Seconds the node's last run spent, by Puppet's metric label.",
+    "puppet_report_changes": "Changes of the node's last run.",
+    "puppet_report_events": "Events of the node's last run, by status.",
+    "puppet_report": "UNIX time reportd received the node's last report.",
+    "puppet_transaction_completed": "1 if the node's last run completed its transaction.",
+    "puppet_cache_catalog_status": "The node's last run's cached catalog status (one-hot).",
+    "puppet_status": "The node's last run's Puppet status (one-hot).",
+    "reportd_node_run_timestamp_seconds": "UNIX time the node's last run ended, by the agent's clock.",
+    "reportd_node_status": "The node's status by reportd's derivation (node-status.md), one-hot.",
+    "reportd_node_stale": "1 if the node sent nothing for longer than its expected interval.",
+}
+NODE_LABELS = ["environment", "host"]
+
+
+def _metric_label(key: str) -> str:
+    # Puppet::Util::Metric#labelize: "failed_to_restart" -> "Failed to restart"
+    return key.replace("_", " ").capitalize()
+
+
+def as_categories(value: str) -> tuple[str, ...]:
+    categories = as_list(value)
+    unknown = sorted(set(categories) - set(CATEGORIES))
+    if unknown:
+        raise ValueError(f"unknown category {unknown[0]!r} (known: {', '.join(CATEGORIES)})")
+    return categories
+
+
+@hookimpl
+def reportd_declare_settings():
+    return {
+        NAME: {
+            "categories": Setting(", ".join(CATEGORIES), as_categories, "metric categories per node"),
+            "stale_ttl": Setting("7d", as_duration, "drop a node's series after this silence"),
+            "token": Setting("", as_str, "if set, /metrics needs this bearer token"),
+            "allow_networks": Setting("", as_networks, "if set, only these addresses may scrape"),
+        }
+    }
+
+
+@hookimpl
+def reportd_register_processors():
+    return [MetricsProcessor]
+
+
+@dataclass
+class NodeSeries:
+    """What /metrics shows of one node, and its samples rendered by prometheus-client."""
+
+    certname: str
+    environment: str
+    run_time: float
+    received_at: float
+    run_end: float
+    status: str
+    change_kind: str | None
+    transaction_completed: bool
+    cached_catalog_status: str | None
+    metrics: Mapping[str, Mapping[str, float]]
+    stale_after: float
+    rendered: dict[str, bytes] = field(default_factory=dict)
+
+    def families(self, categories: Sequence[str], now: float) -> Iterator[Metric]:
+        labels = [self.environment, self.certname]
+        for category in categories:
+            family = GaugeMetricFamily(f"puppet_report_{category}", "", labels=[*NODE_LABELS, "name"])
+            for key, value in self.metrics.get(category, {}).items():
+                family.add_metric([*labels, _metric_label(key)], float(value))
+            yield family
+        yield _gauge("puppet_report", labels, self.received_at)
+        yield _gauge("puppet_transaction_completed", labels, float(self.transaction_completed))
+        yield _one_hot("puppet_cache_catalog_status", labels, CATALOG_STATES, self.cached_catalog_status)
+        puppet_status = self.status if self.status in ("failed", "changed") else "unchanged"
+        yield _one_hot("puppet_status", labels, PUPPET_STATES, puppet_status)
+        yield _gauge("reportd_node_run_timestamp_seconds", labels, self.run_end)
+        state = self.change_kind if self.status == "changed" else self.status
+        yield _one_hot("reportd_node_status", labels, NODE_STATES, state)
+
+    def render(self, categories: Sequence[str], now: float) -> None:
+        self.rendered = render_blocks(list(self.families(categories, now)))
+
+
+def _compact(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    # Thousands of nodes share a few dozen metric names: one copy of each.
+    return {sys.intern(c): {sys.intern(k): v for k, v in values.items()} for c, values in metrics.items()}
+
+
+def _gauge(name: str, labels: list[str], value: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, "", labels=NODE_LABELS)
+    family.add_metric(labels, value)
+    return family
+
+
+def _one_hot(name: str, labels: list[str], states: Sequence[str], current: str | None) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, "", labels=[*NODE_LABELS, "state"])
+    for state in states:
+        family.add_metric([*labels, state], float(state == current))
+    return family
+
+
+class _Families:
+    """The one method prometheus-client's exposition asks of a registry."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def render_blocks(families: list[Metric]) -> dict[str, bytes]:
+    """Each family's sample lines, rendered by prometheus-client, without its header."""
+    text = generate_latest(_Families(families))
+    blocks = {}
+    for chunk in text.split(b"# HELP ")[1:]:
+        name, _, rest = chunk.partition(b" ")
+        blocks[name.decode()] = rest.split(b"\n", 2)[2]  # drop the rest of HELP and the TYPE line
+    return blocks
+
+
+def family_headers() -> dict[str, bytes]:
+    families = [GaugeMetricFamily(name, help_text) for name, help_text in FAMILIES.items()]
+    text = generate_latest(_Families(families))
+    return {
+        name: b"# HELP " + chunk for name, chunk in zip(FAMILIES, text.split(b"# HELP ")[1:], strict=True)
+    }
+
+
+class NodeTable:
+    """The latest series of every node; shared by the processor and the /metrics route."""
+
+    def __init__(self, context: PluginContext) -> None:
+        settings = context.plugin_settings(NAME)
+        self.categories: tuple[str, ...] = settings["categories"]
+        self.stale_ttl: float = settings["stale_ttl"]
+        self.stale_rules = context.config.stale
+        self.nodes: dict[str, NodeSeries] = {}
+        self.dirty: set[str] = set()
+        self.headers = family_headers()
+
+    def update(self, series: NodeSeries) -> None:
+        current = self.nodes.get(series.certname)
+        if current is not None and series.run_time < current.run_time:
+            # A late, older report: the node was heard from, its figures stay.
+            current.received_at = max(current.received_at, series.received_at)
+        else:
+            if current is not None:
+                series.received_at = max(series.received_at, current.received_at)
+            self.nodes[series.certname] = series
+        self.dirty.add(series.certname)
+
+    def series_of(self, report: Report) -> NodeSeries:
+        environment = report.environment or ""
+        return NodeSeries(
+            certname=report.certname,
+            environment=environment,
+            run_time=report.run_time.timestamp(),
+            received_at=report.received_at.timestamp(),
+            run_end=report.run_time.timestamp(),
+            status=report.status,
+            change_kind=change_kind(report, report.status),
+            transaction_completed=report.transaction_completed,
+            cached_catalog_status=report.cached_catalog_status,
+            metrics=_compact(report.metrics),
+            stale_after=self.stale_rules.interval(report.certname, report.environment),
+        )
+
+    async def chunks(self, now: float) -> AsyncIterator[bytes]:
+        """A scrape's per-node part, family by family, rendering changed nodes on the way.
+
+        Nodes are rendered here, not as reports arrive: a node that reported ten
+        times since the last scrape is rendered once. Rendering and joining go in
+        small slices with the event loop turning in between, so ingest goes on.
+        """
+        for certname in [c for c, n in self.nodes.items() if now - n.received_at > self.stale_ttl]:
+            del self.nodes[certname]
+        dirty = [self.nodes[c] for c in self.dirty if c in self.nodes]
+        self.dirty.clear()
+        for start in range(0, len(dirty), RENDER_CHUNK):
+            for node in dirty[start : start + RENDER_CHUNK]:
+                node.render(self.categories, now)
+            await asyncio.sleep(0)
+        nodes = list(self.nodes.values())
+        for name, header in self.headers.items():
+            category = name.removeprefix("puppet_report_")
+            if category in CATEGORIES and category not in self.categories:
+                continue
+            yield header
+            if name == "reportd_node_stale":
+                # Staleness moves with the clock, not with reports: rendered at each scrape.
+                for start in range(0, len(nodes), STREAM_CHUNK):
+                    family = GaugeMetricFamily(name, "", labels=NODE_LABELS)
+                    for node in nodes[start : start + STREAM_CHUNK]:
+                        stale = now - node.received_at > node.stale_after
+                        family.add_metric([node.environment, node.certname], float(stale))
+                    yield render_blocks([family]).get(name, b"")
+                    await asyncio.sleep(0)
+                continue
+            for start in range(0, len(nodes), STREAM_CHUNK):
+                yield b"".join(node.rendered.get(name, b"") for node in nodes[start : start + STREAM_CHUNK])
+
+    async def rebuild(self, context: PluginContext) -> None:
+        """After a restart: the store's latest status of every node, not an empty page."""
+        after = None
+        while True:
+            rows = await context.storage.list_nodes(environment=None, status=None, limit=1000, after=after)
+            for row in rows:
+                summary = row.summary
+                self.nodes[row.certname] = NodeSeries(
+                    certname=row.certname,
+                    environment=row.environment or "",
+                    run_time=row.run_time,
+                    received_at=row.last_received_at,
+                    run_end=row.run_time,
+                    status=row.status,
+                    change_kind=row.change_kind,
+                    transaction_completed=summary.get("transaction_completed", True),
+                    cached_catalog_status=summary.get("cached_catalog_status"),
+                    metrics=_compact(summary.get("metrics", {})),
+                    stale_after=self.stale_rules.interval(row.certname, row.environment),
+                )
+                self.dirty.add(row.certname)
+            if len(rows) < 1000:
+                return
+            after = rows[-1].certname
+
+
+def _table(context: PluginContext) -> NodeTable:
+    """The daemon's one table, shared by the processor and the route."""
+    table = context.state.get(NAME)
+    if table is None:
+        table = context.state[NAME] = NodeTable(context)
+    return table
+
+
+class MetricsProcessor(Processor):
+    name = NAME
+    batch_size = 500
+
+    async def start(self) -> None:
+        self.table = _table(self.context)
+        await self.table.rebuild(self.context)
+
+    async def process_batch(self, reports: Sequence[Report]) -> None:
+        for report in reports:
+            self.table.update(self.table.series_of(report))
+
+
+@hookimpl
+def reportd_add_routes(app: web.Application, context: PluginContext):
+    settings = context.plugin_settings(NAME)
+    enabled = NAME in context.processors
+
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        await _check_access(request, settings)
+        now = time.time()
+        await _refresh_queue_gauges(request.app, now)
+        response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE})
+        await response.prepare(request)
+        if enabled:
+            # Written piece by piece: tens of megabytes for 10,000 nodes, and ingest goes on.
+            async for chunk in _table(context).chunks(now):
+                await response.write(chunk)
+                await asyncio.sleep(0)  # write() does not yield while the socket takes it all
+        await response.write(generate_latest(request.app[TELEMETRY].registry))
+        await response.write_eof()
+        return response
+
+    app.router.add_get("/metrics", metrics)
+
+
+async def _check_access(request: web.Request, settings: Mapping[str, Any]) -> None:
+    networks = settings["allow_networks"]
+    if networks:
+        try:
+            address = ip_address(request.remote or "")
+        except ValueError:
+            address = None
+        if address is None or not any(address in network for network in networks):
+            raise web.HTTPForbidden(text="/metrics is not open to this address")
+    # With a token set, that token, or an API token that may view reports.
+    if settings["token"] and request.headers.get("Authorization", "") != f"Bearer {settings['token']}":
+        await require_permission(request, VIEW_REPORTS)
+
+
+async def _refresh_queue_gauges(app: web.Application, now: float) -> None:
+    telemetry = app[TELEMETRY]
+    gauges = getattr(telemetry, "queue_gauges", None)
+    if gauges is None:
+        gauges = telemetry.queue_gauges = QueueGauges(telemetry.registry)
+    gauges.set(app[DISPATCHER].processor_names, await app[STORAGE].queue_stats(), now)
+
+
+class QueueGauges:
+    """Per-processor delivery state, read from storage at scrape time."""
+
+    def __init__(self, registry) -> None:
+        self.values: dict[str, tuple[int, int, float | None]] = {}
+        registry.register(self)
+
+    def set(self, processors: Sequence[str], stats: Mapping[str, Any], now: float) -> None:
+        values = dict.fromkeys(processors, (0, 0, 0.0))
+        for name, entry in stats.items():
+            age = now - entry.oldest_pending_at if entry.oldest_pending_at is not None else 0.0
+            values[name] = (entry.pending, entry.dead, age)
+        self.values = values
+
+    def collect(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "reportd_processor_queue_depth", "Deliveries waiting, per processor.", labels=["processor"]
+        )
+        oldest = GaugeMetricFamily(
+            "reportd_processor_oldest_pending_seconds",
+            "Age of the oldest waiting delivery, per processor.",
+            labels=["processor"],
+        )
+        dead = GaugeMetricFamily(
+            "reportd_processor_dead_letters", "Dead-lettered deliveries, per processor.", labels=["processor"]
+        )
+        for name, (pending, dead_count, age) in sorted(self.values.items()):
+            depth.add_metric([name], pending)
+            oldest.add_metric([name], age or 0.0)
+            dead.add_metric([name], dead_count)
+        yield from (depth, oldest, dead)
