@@ -118,20 +118,21 @@ async def main(args: argparse.Namespace) -> None:
             print(f"later scrapes  {median:7.0f} ms median, {worst:.0f} ms max")
             quiet = await paced_ingest(session, url, fresh, args.rate, args.seconds)
 
-            async def scrape_every_second() -> list[float]:
+            async def scrape_periodically() -> list[float]:
                 times = []
-                for _ in range(args.seconds):
-                    await asyncio.sleep(1)
+                deadline = time.perf_counter() + args.seconds
+                while time.perf_counter() + args.scrape_interval < deadline + 0.5:
+                    await asyncio.sleep(args.scrape_interval)
                     times.append((await scrape(session, url))[0])
                 return times
 
             busy, scrapes = await asyncio.gather(
-                paced_ingest(session, url, fresh[::-1], args.rate, args.seconds), scrape_every_second()
+                paced_ingest(session, url, fresh[::-1], args.rate, args.seconds), scrape_periodically()
             )
             print(f"scrapes during ingest ({args.rate}/s): {statistics.median(scrapes) * 1000:.0f} ms median,"
                   f" {max(scrapes) * 1000:.0f} ms max")  # fmt: skip
             print(f"ingest p99 at {args.rate}/s: {p99(quiet):.1f} ms without scrapes,"
-                  f" {p99(busy):.1f} ms with a scrape every second")  # fmt: skip
+                  f" {p99(busy):.1f} ms with a scrape every {args.scrape_interval:g} s")  # fmt: skip
         await stop_server(process)
 
 
@@ -140,5 +141,6 @@ if __name__ == "__main__":
     parser.add_argument("--nodes", type=int, default=10_000)
     parser.add_argument("--resources", type=int, default=20)
     parser.add_argument("--rate", type=int, default=200, help="ingest reports/s while scraping")
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=10, help="length of each paced-ingest phase")
+    parser.add_argument("--scrape-interval", type=float, default=1.0, help="seconds between scrapes")
     asyncio.run(main(parser.parse_args()))

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import ssl
+import sys
 
 import pluggy
 import structlog
@@ -51,6 +52,18 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+def shorten_switch_interval() -> None:
+    """Hand the GIL to the SQLite writer thread sooner when the event loop is busy.
+
+    The writer releases the GIL around every SQLite call and fsync; each time it
+    wants it back while the loop computes (a /metrics scrape rendering thousands
+    of nodes), it waits up to the switch interval, 5 ms by default. A group
+    commit is dozens of such hand-overs, so durable commits, and with them every
+    acknowledgement, crawled: measured, ingest p99 1.4 s during scrapes.
+    """
+    sys.setswitchinterval(0.0005)
+
+
 def notify_systemd(state: str) -> None:
     """sd_notify(3) without libsystemd: one datagram to ``$NOTIFY_SOCKET``."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -71,6 +84,7 @@ async def serve(config: Config, pm: pluggy.PluginManager) -> None:
     )
     await runner.setup()
     tune_garbage_collector()
+    shorten_switch_interval()
     host, port = config.listen
     site = web.TCPSite(runner, host, port, ssl_context=server_ssl_context(config), backlog=1024)
     try:
