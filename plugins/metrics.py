@@ -14,6 +14,9 @@ concatenates the kept blocks under each family's header.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import multiprocessing
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import Any
 
+import structlog
 from aiohttp import web
 from prometheus_client import generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -32,8 +36,12 @@ from reportd.status import change_kind
 from reportd.web import DISPATCHER, STORAGE, TELEMETRY
 
 NAME = "metrics"
-RENDER_CHUNK = 8  # nodes rendered between two turns of the event loop (about 2 ms)
+RENDER_CHUNK = 8  # without a worker: nodes rendered between two turns of the event loop
+RENDER_INTERVAL = 1.0  # seconds between background passes over changed nodes
+BUSY_RATE = 400  # reports/s above which background rendering waits for the scrape
+WORKER_BATCH = 500  # nodes per call to the render worker
 STREAM_CHUNK = 500  # nodes per piece of a scrape's response
+log = structlog.get_logger("reportd_plugins.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CATEGORIES = ("resources", "time", "changes", "events")
 PUPPET_STATES = ("failed", "changed", "unchanged")
@@ -124,6 +132,22 @@ class NodeSeries:
     def render(self, categories: Sequence[str], now: float) -> None:
         self.rendered = render_blocks(list(self.families(categories, now)))
 
+    def payload(self) -> tuple:
+        """What the render worker needs of this node (small, picklable)."""
+        return (self.certname, self.environment, self.run_time, self.received_at, self.run_end,
+                self.status, self.change_kind, self.transaction_completed, self.cached_catalog_status,
+                self.metrics, self.stale_after)  # fmt: skip
+
+
+def render_payloads(payloads: list[tuple], categories: Sequence[str]) -> list[dict[str, bytes]]:
+    """Runs in the render worker process: each node's blocks, in order."""
+    rendered = []
+    for payload in payloads:
+        node = NodeSeries(*payload)
+        node.render(categories, 0.0)
+        rendered.append(node.rendered)
+    return rendered
+
 
 def _compact(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
     # Thousands of nodes share a few dozen metric names: one copy of each.
@@ -182,6 +206,10 @@ class NodeTable:
         self.nodes: dict[str, NodeSeries] = {}
         self.dirty: set[str] = set()
         self.headers = family_headers()
+        # prometheus-client formats ~6 us per sample: a worker process does it, so
+        # the daemon's event loop and GIL stay free for ingest.
+        self.worker: concurrent.futures.ProcessPoolExecutor | None = None
+        self.updates = 0  # reports since the renderer last looked
 
     def update(self, series: NodeSeries) -> None:
         current = self.nodes.get(series.certname)
@@ -193,6 +221,7 @@ class NodeTable:
                 series.received_at = max(series.received_at, current.received_at)
             self.nodes[series.certname] = series
         self.dirty.add(series.certname)
+        self.updates += 1
 
     def series_of(self, report: Report) -> NodeSeries:
         environment = report.environment or ""
@@ -210,6 +239,30 @@ class NodeTable:
             stale_after=self.stale_rules.interval(report.certname, report.environment),
         )
 
+    async def render_dirty(self) -> None:
+        """Render every changed node: in the worker process when there is one."""
+        dirty = [self.nodes[c] for c in self.dirty if c in self.nodes]
+        self.dirty.clear()
+        if self.worker is None:
+            for start in range(0, len(dirty), RENDER_CHUNK):
+                for node in dirty[start : start + RENDER_CHUNK]:
+                    node.render(self.categories, 0.0)
+                await asyncio.sleep(0)
+            return
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(dirty), WORKER_BATCH):
+            batch = dirty[start : start + WORKER_BATCH]
+            payloads = [node.payload() for node in batch]
+            try:
+                rendered = await loop.run_in_executor(self.worker, render_payloads, payloads, self.categories)
+            except Exception:
+                self.dirty.update(node.certname for node in batch)  # rendered on the next pass
+                raise
+            for node, blocks in zip(batch, rendered, strict=True):
+                node.rendered = blocks
+                if self.nodes.get(node.certname) is not node:
+                    self.dirty.add(node.certname)  # a newer report arrived meanwhile
+
     async def chunks(self, now: float) -> AsyncIterator[bytes]:
         """A scrape's per-node part, family by family, rendering changed nodes on the way.
 
@@ -219,12 +272,7 @@ class NodeTable:
         """
         for certname in [c for c, n in self.nodes.items() if now - n.received_at > self.stale_ttl]:
             del self.nodes[certname]
-        dirty = [self.nodes[c] for c in self.dirty if c in self.nodes]
-        self.dirty.clear()
-        for start in range(0, len(dirty), RENDER_CHUNK):
-            for node in dirty[start : start + RENDER_CHUNK]:
-                node.render(self.categories, now)
-            await asyncio.sleep(0)
+        await self.render_dirty()
         nodes = list(self.nodes.values())
         for name, header in self.headers.items():
             category = name.removeprefix("puppet_report_")
@@ -284,7 +332,32 @@ class MetricsProcessor(Processor):
 
     async def start(self) -> None:
         self.table = _table(self.context)
+        self.table.worker = concurrent.futures.ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn")
+        )
         await self.table.rebuild(self.context)
+        self.renderer = asyncio.create_task(self._render_forever(), name="metrics-render")
+
+    async def _render_forever(self) -> None:
+        # Between scrapes, so that a scrape finds almost every node rendered; but
+        # only with time to spare: a saturated daemon leaves the work to the scrape.
+        while True:
+            await asyncio.sleep(RENDER_INTERVAL)
+            updates, self.table.updates = self.table.updates, 0
+            if updates > BUSY_RATE * RENDER_INTERVAL or not self.table.dirty:
+                continue
+            try:
+                await self.table.render_dirty()
+            except Exception:
+                log.exception("metrics_render_failed")
+
+    async def close(self) -> None:
+        self.renderer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.renderer
+        worker, self.table.worker = self.table.worker, None
+        if worker is not None:
+            await asyncio.to_thread(worker.shutdown, wait=True, cancel_futures=True)
 
     async def process_batch(self, reports: Sequence[Report]) -> None:
         for report in reports:
