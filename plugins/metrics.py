@@ -38,6 +38,7 @@ from reportd.web import DISPATCHER, STORAGE, TELEMETRY
 NAME = "metrics"
 RENDER_CHUNK = 8  # without a worker: nodes rendered between two turns of the event loop
 RENDER_INTERVAL = 1.0  # seconds between background passes over changed nodes
+STORE_COUNT_EVERY = 60.0
 BUSY_RATE = 400  # reports/s above which background rendering waits for the scrape
 WORKER_BATCH = 500  # nodes per call to the render worker
 STREAM_CHUNK = 500  # nodes per piece of a scrape's response
@@ -407,13 +408,19 @@ async def _refresh_queue_gauges(app: web.Application, now: float) -> None:
     if gauges is None:
         gauges = telemetry.queue_gauges = QueueGauges(telemetry.registry)
     gauges.set(app[DISPATCHER].processor_names, await app[STORAGE].queue_stats(), now)
+    if now - gauges.counted_at > STORE_COUNT_EVERY:
+        # count(*) walks the table: on a reader thread, and at most once a minute
+        gauges.stored_reports = await app[STORAGE].count_reports()
+        gauges.counted_at = now
 
 
 class QueueGauges:
-    """Per-processor delivery state, read from storage at scrape time."""
+    """Per-processor delivery state and the store's size, read from storage at scrape time."""
 
     def __init__(self, registry) -> None:
         self.values: dict[str, tuple[int, int, float | None]] = {}
+        self.stored_reports = 0
+        self.counted_at = 0.0
         registry.register(self)
 
     def set(self, processors: Sequence[str], stats: Mapping[str, Any], now: float) -> None:
@@ -439,4 +446,8 @@ class QueueGauges:
             depth.add_metric([name], pending)
             oldest.add_metric([name], age or 0.0)
             dead.add_metric([name], dead_count)
-        yield from (depth, oldest, dead)
+        stored = GaugeMetricFamily(
+            "reportd_store_reports", "Reports kept by the store (counted at most once a minute)."
+        )
+        stored.add_metric([], self.stored_reports)
+        yield from (depth, oldest, dead, stored)

@@ -99,6 +99,7 @@ async def test_changed_run(client):
     assert value(s, "reportd_reports_received_total", format="puppet", outcome="accepted") == 1
     assert value(s, "reportd_ingest_duration_seconds_count") == 1
     assert value(s, "reportd_report_bytes_sum") == size
+    assert value(s, "reportd_store_reports") == 1
 
 
 async def test_noop_and_failed_catalog(client):
