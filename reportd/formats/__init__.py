@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
 from reportd.model import Report
 
 
@@ -115,6 +117,17 @@ def plus_seconds(start: datetime, seconds: Any, field_name: str) -> datetime | N
         return start + timedelta(seconds=seconds)
     except (OverflowError, ValueError):
         raise ReportError.invalid(field_name, f"{seconds!r} seconds is out of range") from None
+
+
+def decode_json_object(body: bytes, not_an_object: ReportError) -> dict[str, Any]:
+    """A JSON body that must be an object: ``MALFORMED`` when not JSON, else ``not_an_object``."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise ReportError(f"malformed JSON: {error}", "MALFORMED") from None
+    if not isinstance(data, dict):
+        raise not_an_object
+    return data
 
 
 def parse_time(value: Any, field_name: str) -> tuple[datetime, bool]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from reportd.formats import Envelope, ReportError, as_count, parse_time
+from reportd.formats import Envelope, ReportError, as_count, decode_json_object, parse_time
 from reportd.model import Event, Log, Report, ResourceStatus
 from reportd.status import derive_status
 
@@ -24,13 +24,7 @@ RESOURCE_STATUSES = ("updated", "up-to-date", "skipped", "failed", "unprocessed"
 
 
 def decode(body: bytes) -> dict[str, Any]:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise ReportError(f"malformed JSON: {error}", "MALFORMED") from None
-    if not isinstance(data, dict):
-        raise ReportError("the body must be a JSON object")
-    return data
+    return decode_json_object(body, ReportError("the body must be a JSON object"))
 
 
 def valid_run_id(value: Any) -> str | None:
@@ -78,7 +72,6 @@ def _from_end_of_run(data: dict[str, Any], envelope: Envelope) -> Report:
     for index, entry in enumerate(data["resources"]):
         if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
             raise ReportError(f"resources[{index}]: expected an object with a type")
-        action = str(entry.get("result", ""))
         statuses.append(
             ResourceStatus(
                 resource_type=entry["type"],
@@ -90,17 +83,7 @@ def _from_end_of_run(data: dict[str, Any], envelope: Envelope) -> Report:
                 change_count=1,
                 out_of_sync_count=1,
                 # The reporting protocol lists updated resources; `result` is the action taken.
-                events=[
-                    Event(
-                        status="success",
-                        property=action,
-                        previous_value=entry.get("before"),
-                        desired_value=entry.get("after"),
-                        message=str(entry.get("delta") or action),
-                        name=action,
-                        time=end,
-                    )
-                ],
+                events=[_action_event(entry, "success", str(entry.get("delta") or ""), end)],
             )
         )
     logs = []
@@ -215,20 +198,10 @@ def _from_run_converge(data: dict[str, Any], envelope: Envelope) -> Report:
 
 
 def _converged_resource(entry: dict, status: str, seconds: float | None, end: datetime) -> ResourceStatus:
-    action = str(entry.get("result", ""))
     events = []
     if status in ("updated", "failed"):
-        events.append(
-            Event(
-                status="success" if status == "updated" else "failure",
-                property=action,
-                previous_value=entry.get("before"),
-                desired_value=entry.get("after"),
-                message=str(entry.get("error_message") or entry.get("delta") or action),
-                name=action,
-                time=end,
-            )
-        )
+        message = str(entry.get("error_message") or entry.get("delta") or "")
+        events.append(_action_event(entry, "success" if status == "updated" else "failure", message, end))
     # The Chef status is kept as a tag; `unprocessed` (never reached after a
     # failure) is what Puppet calls skipped.
     tags = [
@@ -247,6 +220,20 @@ def _converged_resource(entry: dict, status: str, seconds: float | None, end: da
         change_count=int(status == "updated"),
         out_of_sync_count=int(status in ("updated", "failed")),
         events=events,
+    )
+
+
+def _action_event(entry: dict, status: str, message: str, when: datetime) -> Event:
+    """A resource's action as an event: ``result`` is the action taken (create, restart)."""
+    action = str(entry.get("result", ""))
+    return Event(
+        status=status,
+        property=action,
+        previous_value=entry.get("before"),
+        desired_value=entry.get("after"),
+        message=message or action,
+        name=action,
+        time=when,
     )
 
 

@@ -12,9 +12,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-import orjson
-
-from reportd.formats import Envelope, ReportError, as_count, parse_time, plus_seconds
+from reportd.formats import Envelope, ReportError, as_count, decode_json_object, parse_time, plus_seconds
 from reportd.model import Log, Report
 from reportd.status import derive_status
 
@@ -39,13 +37,7 @@ def unpack_status_bits(packed: int) -> dict[str, int]:
 
 
 def decode(body: bytes) -> dict[str, Any]:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise ReportError(f"malformed JSON: {error}", "MALFORMED") from None
-    if not isinstance(data, dict):
-        raise ReportError.invalid("report", "must be a Hash")
-    return data
+    return decode_json_object(body, ReportError.invalid("report", "must be a Hash"))
 
 
 def report_object(data: dict[str, Any]) -> dict[str, Any]:

@@ -61,6 +61,25 @@ def _decode(request: web.Request, body: bytes) -> dict:
         raise chef_error(400, error.message) from None
 
 
+def _start_time(data: dict) -> float | None:
+    if not isinstance(data.get("start_time"), str):
+        return None
+    try:
+        return parse_time(data["start_time"], "start_time")[0].timestamp()
+    except ReportError as error:
+        raise chef_error(400, error.message) from None
+
+
+async def _accept(request: web.Request, body: bytes, envelope: Envelope, node: str, started: float) -> None:
+    try:
+        report = parse(body, envelope)
+    except ReportError as error:
+        log_rejected(request, "parse", error.message, certname=node)
+        raise chef_error(400, error.message) from None
+    accepted = await accept_report(request.app, report, envelope)
+    log_accepted(request, report, accepted, len(body), started)
+
+
 async def start_run(request: web.Request) -> web.Response:
     node, org = request.match_info["node"], request.match_info["org"]
     await _authorized(request, node)
@@ -72,12 +91,7 @@ async def start_run(request: web.Request) -> web.Response:
     if run_id is None:
         log_rejected(request, "validation", "run_id is not a UUID", certname=node)
         raise chef_error(400, f"run_id {data.get('run_id')!r} is not a UUID")
-    started_at = None
-    if isinstance(data.get("start_time"), str):
-        try:
-            started_at = parse_time(data["start_time"], "start_time")[0].timestamp()
-        except ReportError as error:
-            raise chef_error(400, error.message) from None
+    started_at = _start_time(data)
     if not await request.app[STORAGE].record_run_start("chef", node, run_id, started_at, time.time()):
         raise chef_error(409, "Report already exists")
     uri = f"{base_url(request)}{RUNS.format(org=org, node=node)}/{run_id}"
@@ -103,13 +117,7 @@ async def end_run(request: web.Request) -> web.Response:
         params={"protocol": chef.REPORTING, "organization": org, "run_id": run_id,
                 "start_missing": start_missing},
     )  # fmt: skip
-    try:
-        report = parse(body, envelope)
-    except ReportError as error:
-        log_rejected(request, "parse", error.message, certname=node)
-        raise chef_error(400, error.message) from None
-    accepted = await accept_report(request.app, report, envelope)
-    log_accepted(request, report, accepted, len(body), started)
+    await _accept(request, body, envelope, node, started)
     return json_response({}, status=201)
 
 
@@ -127,12 +135,7 @@ async def data_collector(request: web.Request) -> web.Response:
     if run_id is None:
         raise chef_error(400, f"run_id {data.get('run_id')!r} is not a UUID")
     if message_type == "run_start":
-        started_at = None
-        if isinstance(data.get("start_time"), str):
-            try:
-                started_at = parse_time(data["start_time"], "start_time")[0].timestamp()
-            except ReportError as error:
-                raise chef_error(400, error.message) from None
+        started_at = _start_time(data)
         await request.app[STORAGE].record_run_start("chef", node, run_id, started_at, time.time())
         return json_response({})
     if message_type != "run_converge":
@@ -144,13 +147,7 @@ async def data_collector(request: web.Request) -> web.Response:
         received_at=utcnow(),
         params={"protocol": chef.DATA_COLLECTOR},
     )
-    try:
-        report = parse(body, envelope)
-    except ReportError as error:
-        log_rejected(request, "parse", error.message, certname=node)
-        raise chef_error(400, error.message) from None
-    accepted = await accept_report(request.app, report, envelope)
-    log_accepted(request, report, accepted, len(body), started)
+    await _accept(request, body, envelope, node, started)
     return json_response({})
 
 
