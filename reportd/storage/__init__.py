@@ -8,8 +8,9 @@ Two kinds of data live here:
 * the **store** (``reports`` and ``nodes``) used by the ``store`` processor,
   and the API **tokens**.
 
-Implementations: :mod:`reportd.storage.sqlite` (the embedded default). All
-methods are coroutines; times are UNIX seconds (floats) at this boundary.
+Implementations: :mod:`reportd.storage.sqlite` (the embedded default) and
+:mod:`reportd.storage.postgres`. All methods are coroutines; times are UNIX
+seconds (floats) at this boundary.
 """
 
 from __future__ import annotations
@@ -240,7 +241,7 @@ class Storage(abc.ABC):
 
 
 def open_storage(url: str, *, synchronous: str = "full", exclusive: bool = False) -> Storage:
-    """The storage for a database URL (``sqlite:///PATH``).
+    """The storage for a database URL (``sqlite:///PATH`` or ``postgresql://...``).
 
     ``exclusive`` is for the daemon: it locks the database against a second
     daemon and takes over the delivery leases a crashed one left.
@@ -250,4 +251,10 @@ def open_storage(url: str, *, synchronous: str = "full", exclusive: bool = False
 
         path = url.removeprefix("sqlite:///")
         return SQLiteStorage(path, synchronous=synchronous, exclusive=exclusive)
-    raise ValueError(f"unsupported database URL {url!r} (PostgreSQL support is not built yet)")
+    if url.startswith(("postgresql://", "postgres://")):
+        # ``synchronous`` and ``exclusive`` are SQLite's: PostgreSQL commits durably, and
+        # its delivery leases are shared by design (a crashed daemon's leases run out).
+        from reportd.storage.postgres import PostgresStorage
+
+        return PostgresStorage(url)
+    raise ValueError(f"unsupported database URL {url!r} (sqlite:/// or postgresql://)")

@@ -1,0 +1,670 @@
+"""PostgreSQL storage: asyncpg with a connection pool, group commit for ``accept``.
+
+The tables and their meaning are those of :mod:`reportd.storage.sqlite`; times
+are UNIX seconds stored as ``DOUBLE PRECISION``, envelopes and summaries are
+stored as the same orjson bytes (``BYTEA``) and bodies zlib-compressed.
+
+``accept`` calls that arrive together share one transaction: a batching task
+collects the entries queued while the previous batch committed (waiting about
+a millisecond for more when there is only one), inserts them with one
+``unnest`` statement per table and resolves every caller after the commit. A
+batch that fails is retried entry by entry so one bad entry fails alone.
+
+Deliveries are claimed with ``FOR UPDATE SKIP LOCKED`` and a lease, so
+concurrent claimers (tasks or daemons) get disjoint sets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import zlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import asyncpg
+import orjson
+
+from reportd.auth import TokenRecord
+from reportd.storage import (
+    Accepted,
+    Claim,
+    DeadLetter,
+    DeliveryFailure,
+    InboxEntry,
+    NodeRow,
+    QueueStats,
+    ReportQuery,
+    SpooledReport,
+    Storage,
+    StoredReport,
+)
+
+MAX_GROUP = 512
+GROUP_LINGER = 0.001  # seconds a lone accept waits for company before committing
+COMPRESSION_LEVEL = 1  # as in sqlite.py
+COMPRESS_IN_THREAD = 256 * 1024  # bodies larger than this are compressed off the event loop
+_MIGRATION_LOCK = 0x7265706F  # advisory lock key ("repo"): one migrator at a time
+
+# Version N is MIGRATIONS[N - 1], numbered like sqlite.py's list.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE inbox (
+        id BIGSERIAL PRIMARY KEY,
+        idempotency_key TEXT NOT NULL UNIQUE,
+        certname TEXT NOT NULL,
+        format TEXT NOT NULL,
+        received_at DOUBLE PRECISION NOT NULL,
+        envelope BYTEA NOT NULL,
+        body BYTEA
+    );
+    CREATE INDEX inbox_received ON inbox (received_at);
+    CREATE TABLE deliveries (
+        processor TEXT NOT NULL,
+        report_id BIGINT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION NOT NULL,
+        lease_until DOUBLE PRECISION,
+        last_error TEXT,
+        PRIMARY KEY (processor, report_id)
+    );
+    CREATE INDEX deliveries_due ON deliveries (processor, state, next_attempt_at);
+    CREATE INDEX deliveries_report ON deliveries (report_id);
+    CREATE TABLE reports (
+        id BIGINT PRIMARY KEY,
+        certname TEXT NOT NULL,
+        environment TEXT,
+        status TEXT NOT NULL,
+        change_kind TEXT,
+        noop BOOLEAN NOT NULL,
+        format TEXT NOT NULL,
+        origin TEXT,
+        transaction_uuid TEXT,
+        job_id TEXT,
+        configuration_version TEXT,
+        run_time DOUBLE PRECISION NOT NULL,
+        start_time DOUBLE PRECISION,
+        end_time DOUBLE PRECISION,
+        received_at DOUBLE PRECISION NOT NULL,
+        summary BYTEA NOT NULL
+    );
+    CREATE INDEX reports_time ON reports (run_time, id);
+    CREATE INDEX reports_certname ON reports (certname, run_time, id);
+    CREATE INDEX reports_status ON reports (status, run_time, id);
+    CREATE INDEX reports_environment ON reports (environment, run_time, id);
+    CREATE TABLE nodes (
+        certname TEXT PRIMARY KEY,
+        environment TEXT,
+        status TEXT NOT NULL,
+        change_kind TEXT,
+        report_id BIGINT NOT NULL,
+        run_time DOUBLE PRECISION NOT NULL,
+        last_received_at DOUBLE PRECISION NOT NULL,
+        summary BYTEA NOT NULL
+    );
+    CREATE TABLE tokens (
+        name TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        permissions TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    """,
+    # Chef starts runs before it ends them; Foreman and Chef reports carry an
+    # organization and location to filter on.
+    """
+    CREATE TABLE run_starts (
+        format TEXT NOT NULL,
+        certname TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        started_at DOUBLE PRECISION,
+        received_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (format, certname, run_id)
+    );
+    CREATE INDEX run_starts_received ON run_starts (received_at);
+    ALTER TABLE reports ADD COLUMN organization TEXT;
+    ALTER TABLE reports ADD COLUMN organization_id BIGINT;
+    ALTER TABLE reports ADD COLUMN location_id BIGINT;
+    """,
+]
+
+_REPORT_COLUMNS = (
+    "id, certname, environment, status, change_kind, noop, format, origin, transaction_uuid,"
+    " job_id, configuration_version, run_time, start_time, end_time, received_at, summary,"
+    " organization, organization_id, location_id"
+)
+_NODE_COLUMNS = "certname, environment, status, change_kind, report_id, run_time, last_received_at, summary"
+
+# Only a newer run (by the agent's run time; the spool id breaks ties) moves a
+# node's latest status; the condition is evaluated per column in one statement,
+# against the row as locked by the upsert (so concurrent writers cannot go back).
+_NEWER = (
+    "(excluded.run_time > nodes.run_time OR"
+    " (excluded.run_time = nodes.run_time AND excluded.report_id > nodes.report_id))"
+)
+_NEWER_RUN_SET = ", ".join(
+    f"{column} = CASE WHEN {_NEWER} THEN excluded.{column} ELSE nodes.{column} END"
+    for column in ("environment", "status", "change_kind", "summary", "report_id", "run_time")
+)
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class _Pending:
+    __slots__ = ("body", "entry", "envelope", "future", "processors")
+
+    def __init__(self, entry: InboxEntry, processors: Sequence[str], envelope: bytes, body: bytes | None):
+        self.entry = entry
+        self.processors = list(processors)
+        self.envelope = envelope
+        self.body = body
+        self.future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
+
+
+class PostgresStorage(Storage):
+    def __init__(self, dsn: str, *, schema: str | None = None):
+        self.dsn = dsn
+        self.schema = schema
+        self._pool: asyncpg.Pool | None = None
+        self._queue: asyncio.Queue[_Pending | None] | None = None
+        self._batcher: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        server_settings: dict[str, str] = {}
+        if self.schema is not None:
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                # Two openers racing on a missing schema: the loser sees it exist.
+                with contextlib.suppress(asyncpg.UniqueViolationError, asyncpg.DuplicateSchemaError):
+                    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
+            finally:
+                await conn.close()
+            server_settings["search_path"] = quote_ident(self.schema)
+        self._pool = await asyncpg.create_pool(
+            self.dsn, min_size=1, max_size=10, server_settings=server_settings
+        )
+        try:
+            async with self._pool.acquire() as conn:
+                await _migrate(conn)
+        except BaseException:
+            await self._pool.close()
+            self._pool = None
+            raise
+        self._queue = asyncio.Queue()
+        self._batcher = asyncio.create_task(self._run_batches(), name="postgres-accept-batcher")
+
+    async def close(self) -> None:
+        if self._batcher is not None:
+            assert self._queue is not None
+            self._queue.put_nowait(None)  # after everything already queued: that is committed first
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._batcher
+            while not self._queue.empty():  # arrived after the sentinel: not committed
+                item = self._queue.get_nowait()
+                if item is not None:
+                    _settle([item], error=RuntimeError("storage is closed"))
+            self._batcher = None
+            self._queue = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "storage is not open"
+        return self._pool
+
+    # -- spool -----------------------------------------------------------------
+    async def accept(self, entry: InboxEntry, processors: Sequence[str]) -> Accepted:
+        if self._queue is None or self._batcher is None or self._batcher.done():
+            raise RuntimeError("storage is not open")
+        envelope = orjson.dumps(entry.envelope)
+        body = None
+        if processors:
+            if len(entry.body) > COMPRESS_IN_THREAD:
+                body = await asyncio.to_thread(zlib.compress, entry.body, COMPRESSION_LEVEL)
+            else:
+                body = zlib.compress(entry.body, COMPRESSION_LEVEL)
+        pending = _Pending(entry, processors, envelope, body)
+        self._queue.put_nowait(pending)
+        return await pending.future
+
+    async def _run_batches(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        stopping = False
+        while not stopping:
+            first = await queue.get()
+            if first is None:
+                break
+            batch = [first]
+            if queue.empty():
+                await asyncio.sleep(GROUP_LINGER)
+            while len(batch) < MAX_GROUP and not queue.empty():
+                item = queue.get_nowait()
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            await self._commit_batch(batch)
+
+    async def _commit_batch(self, batch: list[_Pending]) -> None:
+        try:
+            results = await self._insert_batch(batch)
+        except Exception as error:
+            if len(batch) == 1 or isinstance(error, (OSError, asyncpg.InterfaceError)):
+                _settle(batch, error=error)
+                return
+            # One entry may be at fault (a NUL in a text field, say): each on its own.
+            for item in batch:
+                try:
+                    (result,) = await self._insert_batch([item])
+                except Exception as single_error:
+                    _settle([item], error=single_error)
+                else:
+                    _settle([item], results=[result])
+            return
+        _settle(batch, results=results)
+
+    async def _insert_batch(self, batch: list[_Pending]) -> list[Accepted]:
+        # The first entry with a key is inserted; later ones in the batch are its duplicates.
+        first: dict[str, _Pending] = {}
+        for item in batch:
+            first.setdefault(item.entry.idempotency_key, item)
+        unique = list(first.values())
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "INSERT INTO inbox (idempotency_key, certname, format, received_at, envelope, body)"
+                " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[],"
+                " $5::bytea[], $6::bytea[])"
+                " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key",
+                [i.entry.idempotency_key for i in unique],
+                [i.entry.certname for i in unique],
+                [i.entry.format for i in unique],
+                [i.entry.received_at for i in unique],
+                [i.envelope for i in unique],
+                [i.body for i in unique],
+            )
+            inserted = {key: report_id for report_id, key in rows}
+            existing: dict[str, int] = {}
+            missing = [key for key in first if key not in inserted]
+            if missing:
+                existing = {
+                    key: report_id
+                    for report_id, key in await conn.fetch(
+                        "SELECT id, idempotency_key FROM inbox WHERE idempotency_key = ANY($1::text[])",
+                        missing,
+                    )
+                }
+            names, ids, due = [], [], []
+            for key, report_id in inserted.items():
+                item = first[key]
+                for name in item.processors:
+                    names.append(name)
+                    ids.append(report_id)
+                    due.append(item.entry.received_at)
+            if names:
+                await conn.execute(
+                    "INSERT INTO deliveries (processor, report_id, next_attempt_at)"
+                    " SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[])",
+                    names,
+                    ids,
+                    due,
+                )
+        results = []
+        for item in batch:
+            key = item.entry.idempotency_key
+            if first[key] is item and key in inserted:
+                results.append(Accepted(inserted[key], duplicate=False))
+            else:
+                results.append(Accepted(inserted.get(key) or existing[key], duplicate=True))
+        return results
+
+    async def claim(self, processor: str, limit: int, now: float, lease: float) -> list[Claim]:
+        rows = await self.pool.fetch(
+            "UPDATE deliveries d SET lease_until = $1 FROM ("
+            " SELECT report_id FROM deliveries WHERE processor = $2 AND state = 'pending'"
+            " AND next_attempt_at <= $3 AND (lease_until IS NULL OR lease_until < $3)"
+            " ORDER BY next_attempt_at, report_id LIMIT $4 FOR UPDATE SKIP LOCKED) due"
+            " WHERE d.processor = $2 AND d.report_id = due.report_id RETURNING d.report_id, d.attempts",
+            now + lease,
+            processor,
+            now,
+            limit,
+        )
+        return [Claim(report_id, attempts) for report_id, attempts in sorted(rows)]
+
+    async def load_spooled(self, report_ids: Sequence[int]) -> list[SpooledReport]:
+        if not report_ids:
+            return []
+        rows = await self.pool.fetch(
+            "SELECT id, envelope, body FROM inbox WHERE id = ANY($1::bigint[]) AND body IS NOT NULL",
+            list(report_ids),
+        )
+        return [SpooledReport(i, orjson.loads(e), zlib.decompress(b)) for i, e, b in rows]
+
+    async def finish(self, processor: str, report_ids: Sequence[int]) -> None:
+        if not report_ids:
+            return
+        ids = sorted(set(report_ids))
+        async with self.pool.acquire() as conn, conn.transaction():
+            # The inbox rows are locked first (by finish and expire_reports alike), so the
+            # "no delivery and no report left" check below sees the other's committed work.
+            await conn.execute("SELECT 1 FROM inbox WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE", ids)
+            await conn.execute(
+                "DELETE FROM deliveries WHERE processor = $1 AND report_id = ANY($2::bigint[])",
+                processor,
+                ids,
+            )
+            await conn.execute(
+                "UPDATE inbox SET body = NULL WHERE id = ANY($1::bigint[]) AND body IS NOT NULL"
+                " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.report_id = inbox.id)"
+                " AND NOT EXISTS (SELECT 1 FROM reports r WHERE r.id = inbox.id)",
+                ids,
+            )
+
+    async def fail(self, processor: str, failures: Sequence[DeliveryFailure]) -> None:
+        if not failures:
+            return
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.executemany(
+                "UPDATE deliveries SET attempts = $1, last_error = $2, next_attempt_at = $3,"
+                " state = $4, lease_until = NULL WHERE processor = $5 AND report_id = $6",
+                [
+                    (
+                        f.attempts,
+                        f.error[:2000],
+                        f.next_attempt_at,
+                        "dead" if f.dead else "pending",
+                        processor,
+                        f.report_id,
+                    )
+                    for f in failures
+                ],
+            )
+
+    async def queue_stats(self) -> dict[str, QueueStats]:
+        rows = await self.pool.fetch(
+            "WITH s AS (SELECT processor,"
+            " count(*) FILTER (WHERE state = 'pending') AS pending,"
+            " count(*) FILTER (WHERE state = 'dead') AS dead,"
+            " min(report_id) FILTER (WHERE state = 'pending') AS oldest"
+            " FROM deliveries GROUP BY processor)"
+            " SELECT s.processor, s.pending, s.dead, i.received_at"
+            " FROM s LEFT JOIN inbox i ON i.id = s.oldest"
+        )
+        return {p: QueueStats(pending, dead, oldest) for p, pending, dead, oldest in rows}
+
+    async def dead_letters(self, processor: str | None, limit: int) -> list[DeadLetter]:
+        rows = await self.pool.fetch(
+            "SELECT d.processor, d.report_id, i.certname, d.attempts, d.last_error"
+            " FROM deliveries d JOIN inbox i ON i.id = d.report_id WHERE d.state = 'dead'"
+            " AND ($1::text IS NULL OR d.processor = $1) ORDER BY d.report_id LIMIT $2",
+            processor,
+            limit,
+        )
+        return [DeadLetter(*row) for row in rows]
+
+    async def retry(self, processor: str | None, report_ids: Sequence[int] | None, now: float) -> int:
+        sql = (
+            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = $1,"
+            " lease_until = NULL WHERE state = 'dead' AND ($2::text IS NULL OR processor = $2)"
+        )
+        params: list[Any] = [now, processor]
+        if report_ids is not None:
+            sql += " AND report_id = ANY($3::bigint[])"
+            params.append(list(report_ids))
+        return _rowcount(await self.pool.execute(sql, *params))
+
+    async def expire_spool(self, before: float, batch: int) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "DELETE FROM run_starts WHERE (format, certname, run_id) IN (SELECT format, certname, run_id"
+                " FROM run_starts WHERE received_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                before,
+                batch,
+            )
+            return _rowcount(
+                await conn.execute(
+                    "DELETE FROM inbox WHERE id IN (SELECT id FROM inbox WHERE received_at < $1"
+                    " AND body IS NULL LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                    before,
+                    batch,
+                )
+            )
+
+    async def record_run_start(
+        self, format: str, certname: str, run_id: str, started_at: float | None, now: float
+    ) -> bool:
+        status = await self.pool.execute(
+            "INSERT INTO run_starts (format, certname, run_id, started_at, received_at)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            format,
+            certname,
+            run_id,
+            started_at,
+            now,
+        )
+        return _rowcount(status) == 1
+
+    async def run_started(self, format: str, certname: str, run_id: str) -> bool:
+        row = await self.pool.fetchrow(
+            "SELECT 1 FROM run_starts WHERE format = $1 AND certname = $2 AND run_id = $3",
+            format,
+            certname,
+            run_id,
+        )
+        return row is not None
+
+    # -- store -----------------------------------------------------------------
+    async def store_reports(self, reports: Sequence[StoredReport]) -> None:
+        if not reports:
+            return
+        rows = [
+            (
+                r.id,
+                r.certname,
+                r.environment,
+                r.status,
+                r.change_kind,
+                bool(r.noop),
+                r.format,
+                r.origin,
+                r.transaction_uuid,
+                r.job_id,
+                r.configuration_version,
+                r.run_time,
+                r.start_time,
+                r.end_time,
+                r.received_at,
+                orjson.dumps(r.summary),
+                r.organization,
+                r.organization_id,
+                r.location_id,
+            )
+            for r in reports
+        ]
+        marks = ", ".join(f"${n}" for n in range(1, 20))
+        async with self.pool.acquire() as conn, conn.transaction():
+            # The body stays in the spool (inbox) while the store holds the report: one copy.
+            await conn.executemany(
+                f"INSERT INTO reports ({_REPORT_COLUMNS}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING",
+                rows,
+            )
+            # One statement per report: a batch may hold two reports of one node.
+            await conn.executemany(
+                f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                f" ON CONFLICT (certname) DO UPDATE SET {_NEWER_RUN_SET},"
+                " last_received_at = GREATEST(nodes.last_received_at, excluded.last_received_at)",
+                [(r[1], r[2], r[3], r[4], r[0], r[11], r[14], r[15]) for r in rows],
+            )
+
+    async def query_reports(self, query: ReportQuery) -> list[StoredReport]:
+        clauses: list[str] = []
+        params: list[Any] = []
+
+        def param(value: Any) -> str:
+            params.append(value)
+            return f"${len(params)}"
+
+        for column in ("certname", "status", "environment", "organization", "organization_id", "location_id"):
+            value = getattr(query, column)
+            if value is not None:
+                clauses.append(f"{column} = {param(value)}")
+        if query.since is not None:
+            clauses.append(f"run_time >= {param(float(query.since))}")
+        if query.until is not None:
+            clauses.append(f"run_time < {param(float(query.until))}")
+        if query.after is not None:
+            run_time, report_id = param(float(query.after[0])), param(int(query.after[1]))
+            clauses.append(f"(run_time, id) < ({run_time}, {report_id})")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = (
+            f"SELECT {_REPORT_COLUMNS} FROM reports {where}"
+            f" ORDER BY run_time DESC, id DESC LIMIT {param(query.limit)}"
+        )
+        return [_report(row) for row in await self.pool.fetch(sql, *params)]
+
+    async def get_report(self, report_id: int) -> StoredReport | None:
+        columns = ", ".join(f"r.{c.strip()}" for c in _REPORT_COLUMNS.split(","))
+        row = await self.pool.fetchrow(
+            f"SELECT {columns}, i.envelope, i.body FROM reports r JOIN inbox i ON i.id = r.id"
+            " WHERE r.id = $1 AND i.body IS NOT NULL",
+            report_id,
+        )
+        if row is None:
+            return None
+        values = tuple(row)
+        return _report(values[:-2], orjson.loads(values[-2]), zlib.decompress(values[-1]))
+
+    async def list_nodes(
+        self, *, environment: str | None, status: str | None, limit: int, after: str | None
+    ) -> list[NodeRow]:
+        rows = await self.pool.fetch(
+            f"SELECT {_NODE_COLUMNS} FROM nodes WHERE ($1::text IS NULL OR environment = $1)"
+            " AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR certname > $3)"
+            " ORDER BY certname LIMIT $4",
+            environment,
+            status,
+            after,
+            limit,
+        )
+        return [_node(row) for row in rows]
+
+    async def get_node(self, certname: str) -> NodeRow | None:
+        row = await self.pool.fetchrow(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE certname = $1", certname)
+        return _node(row) if row else None
+
+    async def expire_reports(self, before: float, batch: int) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            ids = [
+                row[0]
+                for row in await conn.fetch(
+                    "SELECT id FROM reports WHERE run_time < $1 ORDER BY run_time, id LIMIT $2"
+                    " FOR UPDATE SKIP LOCKED",
+                    before,
+                    batch,
+                )
+            ]
+            if ids:
+                ids.sort()
+                # Lock order as in finish: inbox rows, then the rows that reference them.
+                await conn.execute(
+                    "SELECT 1 FROM inbox WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE", ids
+                )
+                await conn.execute("DELETE FROM reports WHERE id = ANY($1::bigint[])", ids)
+                await conn.execute(
+                    "UPDATE inbox SET body = NULL WHERE id = ANY($1::bigint[]) AND body IS NOT NULL"
+                    " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.report_id = inbox.id)",
+                    ids,
+                )
+            await conn.execute(
+                "DELETE FROM nodes WHERE certname IN (SELECT certname FROM nodes"
+                " WHERE last_received_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                before,
+                batch,
+            )
+            return len(ids)
+
+    async def count_reports(self) -> int:
+        return await self.pool.fetchval("SELECT count(*) FROM reports")
+
+    # -- tokens ----------------------------------------------------------------
+    async def create_token(self, name: str, token_hash: str, permissions: Iterable[str], now: float) -> None:
+        try:
+            await self.pool.execute(
+                "INSERT INTO tokens (name, token_hash, permissions, created_at) VALUES ($1, $2, $3, $4)",
+                name,
+                token_hash,
+                ",".join(sorted(permissions)),
+                now,
+            )
+        except asyncpg.UniqueViolationError:
+            raise KeyError(name) from None
+
+    async def find_token(self, token_hash: str) -> TokenRecord | None:
+        row = await self.pool.fetchrow(
+            "SELECT name, permissions FROM tokens WHERE token_hash = $1", token_hash
+        )
+        return TokenRecord(row[0], frozenset(filter(None, row[1].split(",")))) if row else None
+
+    async def list_tokens(self) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch("SELECT name, permissions, created_at FROM tokens ORDER BY name")
+        return [
+            {"name": n, "permissions": sorted(filter(None, p.split(","))), "created_at": t}
+            for n, p, t in rows
+        ]
+
+    async def revoke_token(self, name: str) -> bool:
+        return _rowcount(await self.pool.execute("DELETE FROM tokens WHERE name = $1", name)) > 0
+
+
+def _settle(
+    batch: list[_Pending], *, results: list[Accepted] | None = None, error: BaseException | None = None
+) -> None:
+    for n, item in enumerate(batch):
+        if item.future.done():  # the caller gave up (cancelled); the entry is committed regardless
+            continue
+        if error is not None:
+            item.future.set_exception(error)
+        else:
+            assert results is not None
+            item.future.set_result(results[n])
+
+
+def _rowcount(status: str) -> int:
+    """The row count of a command tag such as ``UPDATE 3`` or ``INSERT 0 1``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _report(row: Sequence[Any], envelope: Any = None, body: bytes = b"") -> StoredReport:
+    row = tuple(row)
+    return StoredReport(
+        *row[:5],
+        bool(row[5]),
+        *row[6:15],
+        orjson.loads(row[15]),
+        organization=row[16],
+        organization_id=row[17],
+        location_id=row[18],
+        envelope=envelope or {},
+        body=body,
+    )
+
+
+def _node(row: Sequence[Any]) -> NodeRow:
+    row = tuple(row)
+    return NodeRow(*row[:7], orjson.loads(row[7]))
+
+
+async def _migrate(conn: asyncpg.Connection) -> None:
+    async with conn.transaction():
+        # Transaction-scoped: two daemons opening one fresh database migrate one after the other.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        current = await conn.fetchval("SELECT max(version) FROM schema_version") or 0
+        for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            await conn.execute(script)
+            await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
