@@ -92,7 +92,7 @@ async def serve(config: Config, pm: pluggy.PluginManager) -> None:
     except OSError as error:
         await runner.cleanup()
         raise RuntimeError(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    bound = [s.getsockname()[:2] for s in ((runner.server and site._server.sockets) or ())]
+    bound = [address[:2] for address in runner.addresses]
     log.info(
         "listening",
         addresses=[f"{h}:{p}" for h, p in bound],
