@@ -5,10 +5,11 @@ existing dashboards and alerts keep working, for every node and wire format,
 plus reportd's own node series and the daemon's counters.
 
 A scrape of many nodes must be cheap and must not hold up ingest, yet
-prometheus-client (which does all the formatting here) takes microseconds per
-sample. So each node's samples are rendered by prometheus-client once, when a
-newer report for the node arrives, and kept per metric family; a scrape
-concatenates the kept blocks under each family's header.
+prometheus-client (which does all the formatting here) takes about 6 us per
+sample. So each node's samples are rendered once per change, in a worker
+process (in the background while ingest leaves time, else at the next
+scrape), and kept per metric family; a scrape streams the kept blocks under
+each family's header, and renders only staleness, which moves with the clock.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ class NodeSeries:
     stale_after: float
     rendered: dict[str, bytes] = field(default_factory=dict)
 
-    def families(self, categories: Sequence[str], now: float) -> Iterator[Metric]:
+    def families(self, categories: Sequence[str]) -> Iterator[Metric]:
         labels = [self.environment, self.certname]
         for category in categories:
             family = GaugeMetricFamily(f"puppet_report_{category}", "", labels=[*NODE_LABELS, "name"])
@@ -130,8 +131,8 @@ class NodeSeries:
         state = self.change_kind if self.status == "changed" else self.status
         yield _one_hot("reportd_node_status", labels, NODE_STATES, state)
 
-    def render(self, categories: Sequence[str], now: float) -> None:
-        self.rendered = render_blocks(list(self.families(categories, now)))
+    def render(self, categories: Sequence[str]) -> None:
+        self.rendered = render_blocks(list(self.families(categories)))
 
     def payload(self) -> tuple:
         """What the render worker needs of this node (small, picklable)."""
@@ -145,7 +146,7 @@ def render_payloads(payloads: list[tuple], categories: Sequence[str]) -> list[di
     rendered = []
     for payload in payloads:
         node = NodeSeries(*payload)
-        node.render(categories, 0.0)
+        node.render(categories)
         rendered.append(node.rendered)
     return rendered
 
@@ -247,7 +248,7 @@ class NodeTable:
         if self.worker is None:
             for start in range(0, len(dirty), RENDER_CHUNK):
                 for node in dirty[start : start + RENDER_CHUNK]:
-                    node.render(self.categories, 0.0)
+                    node.render(self.categories)
                 await asyncio.sleep(0)
             return
         loop = asyncio.get_running_loop()
