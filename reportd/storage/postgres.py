@@ -39,6 +39,15 @@ from reportd.storage import (
     Storage,
     StoredReport,
 )
+from reportd.storage.rows import (
+    NEWER_RUN_SET,
+    NODE_COLUMNS,
+    REPORT_COLUMNS,
+    node,
+    node_row,
+    report_row,
+    stored_report,
+)
 
 MAX_GROUP = 512
 GROUP_LINGER = 0.001  # seconds a lone accept waits for company before committing
@@ -127,25 +136,6 @@ MIGRATIONS: list[str] = [
     ALTER TABLE reports ADD COLUMN location_id BIGINT;
     """,
 ]
-
-_REPORT_COLUMNS = (
-    "id, certname, environment, status, change_kind, noop, format, origin, transaction_uuid,"
-    " job_id, configuration_version, run_time, start_time, end_time, received_at, summary,"
-    " organization, organization_id, location_id"
-)
-_NODE_COLUMNS = "certname, environment, status, change_kind, report_id, run_time, last_received_at, summary"
-
-# Only a newer run (by the agent's run time; the spool id breaks ties) moves a
-# node's latest status; the condition is evaluated per column in one statement,
-# against the row as locked by the upsert (so concurrent writers cannot go back).
-_NEWER = (
-    "(excluded.run_time > nodes.run_time OR"
-    " (excluded.run_time = nodes.run_time AND excluded.report_id > nodes.report_id))"
-)
-_NEWER_RUN_SET = ", ".join(
-    f"{column} = CASE WHEN {_NEWER} THEN excluded.{column} ELSE nodes.{column} END"
-    for column in ("environment", "status", "change_kind", "summary", "report_id", "run_time")
-)
 
 
 def quote_ident(name: str) -> str:
@@ -462,43 +452,20 @@ class PostgresStorage(Storage):
     async def store_reports(self, reports: Sequence[StoredReport]) -> None:
         if not reports:
             return
-        rows = [
-            (
-                r.id,
-                r.certname,
-                r.environment,
-                r.status,
-                r.change_kind,
-                bool(r.noop),
-                r.format,
-                r.origin,
-                r.transaction_uuid,
-                r.job_id,
-                r.configuration_version,
-                r.run_time,
-                r.start_time,
-                r.end_time,
-                r.received_at,
-                orjson.dumps(r.summary),
-                r.organization,
-                r.organization_id,
-                r.location_id,
-            )
-            for r in reports
-        ]
+        rows = [report_row(r) for r in reports]
         marks = ", ".join(f"${n}" for n in range(1, 20))
         async with self.pool.acquire() as conn, conn.transaction():
             # The body stays in the spool (inbox) while the store holds the report: one copy.
             await conn.executemany(
-                f"INSERT INTO reports ({_REPORT_COLUMNS}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING",
+                f"INSERT INTO reports ({REPORT_COLUMNS}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING",
                 rows,
             )
             # One statement per report: a batch may hold two reports of one node.
             await conn.executemany(
-                f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-                f" ON CONFLICT (certname) DO UPDATE SET {_NEWER_RUN_SET},"
+                f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                f" ON CONFLICT (certname) DO UPDATE SET {NEWER_RUN_SET},"
                 " last_received_at = GREATEST(nodes.last_received_at, excluded.last_received_at)",
-                [(r[1], r[2], r[3], r[4], r[0], r[11], r[14], r[15]) for r in rows],
+                [node_row(row) for row in rows],
             )
 
     async def query_reports(self, query: ReportQuery) -> list[StoredReport]:
@@ -522,13 +489,13 @@ class PostgresStorage(Storage):
             clauses.append(f"(run_time, id) < ({run_time}, {report_id})")
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = (
-            f"SELECT {_REPORT_COLUMNS} FROM reports {where}"
+            f"SELECT {REPORT_COLUMNS} FROM reports {where}"
             f" ORDER BY run_time DESC, id DESC LIMIT {param(query.limit)}"
         )
-        return [_report(row) for row in await self.pool.fetch(sql, *params)]
+        return [stored_report(row) for row in await self.pool.fetch(sql, *params)]
 
     async def get_report(self, report_id: int) -> StoredReport | None:
-        columns = ", ".join(f"r.{c.strip()}" for c in _REPORT_COLUMNS.split(","))
+        columns = ", ".join(f"r.{c.strip()}" for c in REPORT_COLUMNS.split(","))
         row = await self.pool.fetchrow(
             f"SELECT {columns}, i.envelope, i.body FROM reports r JOIN inbox i ON i.id = r.id"
             " WHERE r.id = $1 AND i.body IS NOT NULL",
@@ -537,13 +504,13 @@ class PostgresStorage(Storage):
         if row is None:
             return None
         values = tuple(row)
-        return _report(values[:-2], orjson.loads(values[-2]), zlib.decompress(values[-1]))
+        return stored_report(values[:-2], orjson.loads(values[-2]), zlib.decompress(values[-1]))
 
     async def list_nodes(
         self, *, environment: str | None, status: str | None, limit: int, after: str | None
     ) -> list[NodeRow]:
         rows = await self.pool.fetch(
-            f"SELECT {_NODE_COLUMNS} FROM nodes WHERE ($1::text IS NULL OR environment = $1)"
+            f"SELECT {NODE_COLUMNS} FROM nodes WHERE ($1::text IS NULL OR environment = $1)"
             " AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR certname > $3)"
             " ORDER BY certname LIMIT $4",
             environment,
@@ -551,11 +518,11 @@ class PostgresStorage(Storage):
             after,
             limit,
         )
-        return [_node(row) for row in rows]
+        return [node(row) for row in rows]
 
     async def get_node(self, certname: str) -> NodeRow | None:
-        row = await self.pool.fetchrow(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE certname = $1", certname)
-        return _node(row) if row else None
+        row = await self.pool.fetchrow(f"SELECT {NODE_COLUMNS} FROM nodes WHERE certname = $1", certname)
+        return node(row) if row else None
 
     async def expire_reports(self, before: float, batch: int) -> int:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -637,26 +604,6 @@ def _settle(
 def _rowcount(status: str) -> int:
     """The row count of a command tag such as ``UPDATE 3`` or ``INSERT 0 1``."""
     return int(status.rsplit(" ", 1)[-1])
-
-
-def _report(row: Sequence[Any], envelope: Any = None, body: bytes = b"") -> StoredReport:
-    row = tuple(row)
-    return StoredReport(
-        *row[:5],
-        bool(row[5]),
-        *row[6:15],
-        orjson.loads(row[15]),
-        organization=row[16],
-        organization_id=row[17],
-        location_id=row[18],
-        envelope=envelope or {},
-        body=body,
-    )
-
-
-def _node(row: Sequence[Any]) -> NodeRow:
-    row = tuple(row)
-    return NodeRow(*row[:7], orjson.loads(row[7]))
 
 
 async def _migrate(conn: asyncpg.Connection) -> None:

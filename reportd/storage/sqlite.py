@@ -38,6 +38,15 @@ from reportd.storage import (
     Storage,
     StoredReport,
 )
+from reportd.storage.rows import (
+    NEWER_RUN_SET,
+    NODE_COLUMNS,
+    REPORT_COLUMNS,
+    node,
+    node_row,
+    report_row,
+    stored_report,
+)
 
 T = TypeVar("T")
 MAX_GROUP = 512
@@ -123,13 +132,6 @@ MIGRATIONS: list[str] = [
     ALTER TABLE reports ADD COLUMN location_id INTEGER
     """,
 ]
-
-_REPORT_COLUMNS = (
-    "id, certname, environment, status, change_kind, noop, format, origin, transaction_uuid,"
-    " job_id, configuration_version, run_time, start_time, end_time, received_at, summary,"
-    " organization, organization_id, location_id"
-)
-_NODE_COLUMNS = "certname, environment, status, change_kind, report_id, run_time, last_received_at, summary"
 
 
 class SQLiteStorage(Storage):
@@ -365,44 +367,21 @@ class SQLiteStorage(Storage):
 
     # -- store -----------------------------------------------------------------
     async def store_reports(self, reports: Sequence[StoredReport]) -> None:
-        rows = [
-            (
-                r.id,
-                r.certname,
-                r.environment,
-                r.status,
-                r.change_kind,
-                int(r.noop),
-                r.format,
-                r.origin,
-                r.transaction_uuid,
-                r.job_id,
-                r.configuration_version,
-                r.run_time,
-                r.start_time,
-                r.end_time,
-                r.received_at,
-                orjson.dumps(r.summary),
-                r.organization,
-                r.organization_id,
-                r.location_id,
-            )
-            for r in reports
-        ]
+        rows = [report_row(r) for r in reports]
 
         def job(conn: sqlite3.Connection) -> None:
             # The body stays in the spool (inbox) while the store holds the report: one copy.
             conn.executemany(
-                f"INSERT INTO reports ({_REPORT_COLUMNS})"
+                f"INSERT INTO reports ({REPORT_COLUMNS})"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING",
                 rows,
             )
             conn.executemany(
-                f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)"
+                f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (certname) DO UPDATE SET"
-                f" {_NEWER_RUN_SET}, last_received_at = max(nodes.last_received_at,"
+                f" {NEWER_RUN_SET}, last_received_at = max(nodes.last_received_at,"
                 " excluded.last_received_at)",
-                [(r[1], r[2], r[3], r[4], r[0], r[11], r[14], r[15]) for r in rows],
+                [node_row(row) for row in rows],
             )
 
         await self._write(job)
@@ -424,13 +403,13 @@ class SQLiteStorage(Storage):
             clauses.append("(run_time < ? OR (run_time = ? AND id < ?))")
             params.extend([query.after[0], query.after[0], query.after[1]])
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT {_REPORT_COLUMNS} FROM reports {where} ORDER BY run_time DESC, id DESC LIMIT ?"
+        sql = f"SELECT {REPORT_COLUMNS} FROM reports {where} ORDER BY run_time DESC, id DESC LIMIT ?"
         params.append(query.limit)
-        return await self._read(lambda c: [_report(row) for row in c.execute(sql, params)])
+        return await self._read(lambda c: [stored_report(row) for row in c.execute(sql, params)])
 
     async def get_report(self, report_id: int) -> StoredReport | None:
         def job(conn: sqlite3.Connection) -> StoredReport | None:
-            columns = ", ".join(f"r.{c.strip()}" for c in _REPORT_COLUMNS.split(","))
+            columns = ", ".join(f"r.{c.strip()}" for c in REPORT_COLUMNS.split(","))
             row = conn.execute(
                 f"SELECT {columns}, i.envelope, i.body FROM reports r JOIN inbox i ON i.id = r.id"
                 " WHERE r.id = ? AND i.body IS NOT NULL",
@@ -438,7 +417,7 @@ class SQLiteStorage(Storage):
             ).fetchone()
             if row is None:
                 return None
-            return _report(row[:-2], orjson.loads(row[-2]), zlib.decompress(row[-1]))
+            return stored_report(row[:-2], orjson.loads(row[-2]), zlib.decompress(row[-1]))
 
         return await self._read(job)
 
@@ -446,19 +425,17 @@ class SQLiteStorage(Storage):
         self, *, environment: str | None, status: str | None, limit: int, after: str | None
     ) -> list[NodeRow]:
         sql = (
-            f"SELECT {_NODE_COLUMNS} FROM nodes WHERE (? IS NULL OR environment = ?)"
+            f"SELECT {NODE_COLUMNS} FROM nodes WHERE (? IS NULL OR environment = ?)"
             " AND (? IS NULL OR status = ?) AND (? IS NULL OR certname > ?)"
             " ORDER BY certname LIMIT ?"
         )
         params = (environment, environment, status, status, after, after, limit)
-        return await self._read(lambda c: [_node(row) for row in c.execute(sql, params)])
+        return await self._read(lambda c: [node(row) for row in c.execute(sql, params)])
 
     async def get_node(self, certname: str) -> NodeRow | None:
         def job(conn: sqlite3.Connection) -> NodeRow | None:
-            row = conn.execute(
-                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE certname = ?", (certname,)
-            ).fetchone()
-            return _node(row) if row else None
+            row = conn.execute(f"SELECT {NODE_COLUMNS} FROM nodes WHERE certname = ?", (certname,)).fetchone()
+            return node(row) if row else None
 
         return await self._read(job)
 
@@ -529,36 +506,6 @@ class SQLiteStorage(Storage):
         return await self._write(
             lambda c: c.execute("DELETE FROM tokens WHERE name = ?", (name,)).rowcount > 0
         )
-
-
-# Only a newer run (by the agent's run time; the spool id breaks ties) moves a
-# node's latest status; the condition is evaluated per column in one statement.
-_NEWER = (
-    "(excluded.run_time > nodes.run_time OR"
-    " (excluded.run_time = nodes.run_time AND excluded.report_id > nodes.report_id))"
-)
-_NEWER_RUN_SET = ", ".join(
-    f"{column} = CASE WHEN {_NEWER} THEN excluded.{column} ELSE nodes.{column} END"
-    for column in ("environment", "status", "change_kind", "summary", "report_id", "run_time")
-)
-
-
-def _report(row: Sequence[Any], envelope: Any = None, body: bytes = b"") -> StoredReport:
-    return StoredReport(
-        *row[:5],
-        bool(row[5]),
-        *row[6:15],
-        orjson.loads(row[15]),
-        organization=row[16],
-        organization_id=row[17],
-        location_id=row[18],
-        envelope=envelope or {},
-        body=body,
-    )
-
-
-def _node(row: Sequence[Any]) -> NodeRow:
-    return NodeRow(*row[:7], orjson.loads(row[7]))
 
 
 def _marks(values: Sequence[Any]) -> str:
