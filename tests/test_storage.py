@@ -23,6 +23,7 @@ from reportd.storage import (
     Storage,
     StoredReport,
     open_storage,
+    postgres,
 )
 from reportd.storage.postgres import PostgresStorage, quote_ident
 from reportd.storage.sqlite import SQLiteStorage
@@ -531,7 +532,7 @@ async def test_postgres_schema_version_and_body_compression():
             stored = await conn.fetchval("SELECT body FROM inbox WHERE id = $1", rid)
         finally:
             await conn.close()
-        assert versions == [1, 2]
+        assert versions == list(range(1, len(postgres.MIGRATIONS) + 1)) and len(versions) >= 4
         assert zlib.decompress(stored) == body and len(stored) < len(body) // 10
     finally:
         await drop_schema(dsn, schema)

@@ -6,7 +6,8 @@ Two kinds of data live here:
   envelope, and one delivery per enabled processor, until every processor has
   had the report;
 * the **store** (``reports`` and ``nodes``) used by the ``store`` processor,
-  and the API **tokens**.
+  and the API **tokens**;
+* the **jobs** (orchestrator-style runs across nodes) and the email **schedules**.
 
 Implementations: :mod:`reportd.storage.sqlite` (the embedded default) and
 :mod:`reportd.storage.postgres`. All methods are coroutines; times are UNIX
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reportd.auth import TokenRecord
+from reportd.storage.jobs import JobStorage
+from reportd.storage.schedules import ScheduleStorage
 
 
 @dataclass(frozen=True)
@@ -136,8 +139,12 @@ class ReportQuery:
     after: tuple[float, int] | None = None  # keyset cursor: (run_time, id) of the last row seen
 
 
-class Storage(abc.ABC):
-    """What reportd needs from a database. Open it before use, close it after."""
+class Storage(JobStorage, ScheduleStorage, abc.ABC):
+    """What reportd needs from a database. Open it before use, close it after.
+
+    The jobs and schedules methods are declared in :mod:`reportd.storage.jobs` and
+    :mod:`reportd.storage.schedules`.
+    """
 
     @abc.abstractmethod
     async def open(self) -> None: ...

@@ -38,6 +38,8 @@ from reportd.storage import (
     SpooledReport,
     Storage,
     StoredReport,
+    postgres_jobs,
+    postgres_schedules,
 )
 from reportd.storage.rows import (
     NEWER_RUN_SET,
@@ -135,6 +137,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE reports ADD COLUMN organization_id BIGINT;
     ALTER TABLE reports ADD COLUMN location_id BIGINT;
     """,
+    postgres_jobs.MIGRATION,
+    postgres_schedules.MIGRATION,
 ]
 
 
@@ -153,7 +157,7 @@ class _Pending:
         self.future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
 
 
-class PostgresStorage(Storage):
+class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSchedules, Storage):
     def __init__(self, dsn: str, *, schema: str | None = None):
         self.dsn = dsn
         self.schema = schema

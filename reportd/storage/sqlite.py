@@ -37,6 +37,8 @@ from reportd.storage import (
     SpooledReport,
     Storage,
     StoredReport,
+    sqlite_jobs,
+    sqlite_schedules,
 )
 from reportd.storage.rows import (
     NEWER_RUN_SET,
@@ -131,10 +133,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE reports ADD COLUMN organization_id INTEGER;
     ALTER TABLE reports ADD COLUMN location_id INTEGER
     """,
+    sqlite_jobs.MIGRATION,
+    sqlite_schedules.MIGRATION,
 ]
 
 
-class SQLiteStorage(Storage):
+class SQLiteStorage(sqlite_jobs.SQLiteJobs, sqlite_schedules.SQLiteSchedules, Storage):
     def __init__(self, path: str | Path, *, synchronous: str = "full", exclusive: bool = False):
         self.path = Path(path)
         self._synchronous = synchronous.upper()

@@ -1,0 +1,12 @@
+"""Postgres implementation of :class:`reportd.storage.schedules.ScheduleStorage`."""
+
+from __future__ import annotations
+
+from reportd.storage.schedules import ScheduleStorage
+
+# Appended to the backend's MIGRATIONS list (its schema version 4).
+MIGRATION = "SELECT 1"
+
+
+class PostgresSchedules(ScheduleStorage):
+    """Mixed into the Postgres storage class; uses its connection helpers."""
