@@ -6,12 +6,28 @@ import asyncio
 import subprocess
 import sys
 import time
+import zlib
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import orjson
+import pytest
 
+from reportd.periodic import drain
+from reportd.storage.postgres import PostgresStorage
 from reportd.web import STORAGE
 from tests.conftest import ini_for, sample, wait_until
+from tests.pg import fresh_database
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database(request):
+    """The ``[reportd]`` lines naming the backend: SQLite in the data dir, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield ""
+        return
+    async with fresh_database() as url:
+        yield f"database = {url}\n"
 
 
 def report(host: str, uuid: str, days_ago: float) -> bytes:
@@ -20,8 +36,10 @@ def report(host: str, uuid: str, days_ago: float) -> bytes:
     return orjson.dumps({**data, "host": host, "transaction_uuid": uuid, "time": when.isoformat()})
 
 
-async def test_expire_deletes_old_reports_in_batches_and_keeps_recent(aiohttp_client, make_app, tmp_path):
-    client = await aiohttp_client(make_app(plugins="[plugin:store]\nretention_days = 14\nexpire_batch = 2\n"))
+async def test_expire_deletes_old_reports_in_batches_and_keeps_recent(aiohttp_client, make_app, database):
+    client = await aiohttp_client(
+        make_app(database, plugins="[plugin:store]\nretention_days = 14\nexpire_batch = 2\n")
+    )
     storage = client.app[STORAGE]
     bodies = [
         ("old1.example.test", 30), ("old2.example.test", 20), ("old3.example.test", 15),
@@ -55,9 +73,9 @@ async def test_expire_deletes_old_reports_in_batches_and_keeps_recent(aiohttp_cl
     assert (await (await client.get("/api/v1/nodes")).json())["items"] == []
 
 
-async def test_expire_command_applies_retention(aiohttp_client, make_app, tmp_path):
+async def test_expire_command_applies_retention(aiohttp_client, make_app, tmp_path, database):
     data_dir = tmp_path / "data"
-    client = await aiohttp_client(make_app(data_dir=data_dir))
+    client = await aiohttp_client(make_app(database, data_dir=data_dir))
     for index, days in enumerate((30, 20, 1)):
         response = await client.put(
             "/puppet/v3/report/lab-agent.example.test?environment=production",
@@ -73,7 +91,7 @@ async def test_expire_command_applies_retention(aiohttp_client, make_app, tmp_pa
     await wait_until(stored)
     await client.close()
     ini = tmp_path / "reportd.ini"
-    ini.write_text(ini_for(data_dir) + "[plugin:store]\nretention_days = 14\n")
+    ini.write_text(ini_for(data_dir, database) + "[plugin:store]\nretention_days = 14\n")
     result = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "reportd", "--config", str(ini), "expire"],
@@ -89,3 +107,77 @@ async def test_expire_command_applies_retention(aiohttp_client, make_app, tmp_pa
         text=True,
     )
     assert len(listing.stdout.splitlines()) == 1
+
+
+async def seed_old_reports(url: str, count: int, run_time: float) -> None:
+    """``count`` stored reports of 100 nodes, received and run at ``run_time``, written in bulk."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "INSERT INTO inbox (idempotency_key, certname, format, received_at, envelope, body)"
+            " SELECT 'old-' || g, 'old' || (g % 100) || '.example.test', 'puppet', $1, '\\x7b7d'::bytea,"
+            " $2::bytea FROM generate_series(1, $3) g",
+            run_time,
+            zlib.compress(sample("agent-changes.json")),
+            count,
+        )
+        await conn.execute(
+            "INSERT INTO reports (id, certname, status, noop, format, run_time, received_at, summary)"
+            " SELECT id, certname, 'changed', false, format, received_at, received_at, '\\x7b7d'::bytea"
+            " FROM inbox WHERE idempotency_key LIKE 'old-%'"
+        )
+    finally:
+        await conn.close()
+
+
+async def test_ingest_goes_on_while_postgres_expires_a_large_batch(aiohttp_client, make_app):
+    async with fresh_database() as url:
+        client = await aiohttp_client(make_app(f"database = {url}\n"))
+        storage = client.app[STORAGE]
+        old = time.time() - 30 * 86400
+        await seed_old_reports(url, 30_000, old)
+        # One batch of everything: a single long transaction, the worst case for ingest.
+        expiry = asyncio.create_task(storage.expire_reports(old + 1, 30_000))
+        await asyncio.sleep(0.05)
+        during, statuses = 0, []
+        index = 0
+        while not expiry.done() or index < 5:
+            response = await client.put(
+                "/puppet/v3/report/new.example.test?environment=production",
+                data=report("new.example.test", f"00000000-0000-4000-8000-{index:012d}", 0),
+                headers={"Content-Type": "application/json"},
+            )
+            statuses.append(response.status)
+            during += not expiry.done()
+            index += 1
+        assert await expiry == 30_000
+        assert set(statuses) == {200}
+        assert during >= 3, f"only {during} reports were accepted while the expiry ran"
+
+        async def stored():
+            return await storage.count_reports() == index
+
+        await wait_until(stored)  # the store went on too, and nothing new was expired
+
+
+async def test_postgres_instances_expiring_together_share_the_work(tmp_path):
+    async with fresh_database() as url:
+        instances = [PostgresStorage(url), PostgresStorage(url)]
+        for instance in instances:
+            await instance.open()
+        try:
+            old = time.time() - 30 * 86400
+            await seed_old_reports(url, 3000, old)
+            totals = await asyncio.gather(
+                *(drain(lambda s=s: s.expire_reports(old + 1, 100), pause=0) for s in instances)
+            )
+            assert sum(totals) == 3000  # disjoint batches: nothing deleted twice, no deadlock
+            assert await instances[0].count_reports() == 0
+            conn = await asyncpg.connect(url)
+            try:
+                assert await conn.fetchval("SELECT count(*) FROM inbox WHERE body IS NOT NULL") == 0
+            finally:
+                await conn.close()
+        finally:
+            for instance in instances:
+                await instance.close()

@@ -7,7 +7,6 @@ The PostgreSQL backend runs in a fresh schema per test, on the server named by
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 import zlib
 
@@ -17,6 +16,7 @@ import pytest
 from reportd.auth import TokenRecord
 from reportd.storage import (
     Accepted,
+    Claim,
     DeliveryFailure,
     InboxEntry,
     ReportQuery,
@@ -27,20 +27,9 @@ from reportd.storage import (
 )
 from reportd.storage.postgres import PostgresStorage, quote_ident
 from reportd.storage.sqlite import SQLiteStorage
+from tests.pg import pg_dsn
 
-PG_DSN_VARIABLE = "REPORTD_TEST_PG_DSN"
 T0 = 1_700_000_000.0
-
-
-def pg_dsn() -> str:
-    dsn = os.environ.get(PG_DSN_VARIABLE)
-    if not dsn:
-        pytest.fail(
-            f"{PG_DSN_VARIABLE} is not set: the PostgreSQL storage tests need a server, e.g."
-            f" {PG_DSN_VARIABLE}=postgresql://postgres@127.0.0.1:5432/test (CI always sets it)",
-            pytrace=False,
-        )
-    return dsn
 
 
 async def drop_schema(dsn: str, schema: str) -> None:
@@ -334,6 +323,23 @@ async def test_node_same_run_time_tie_breaks_by_report_id(storage):
     assert (await storage.get_node("n2")).report_id == high + 1000
 
 
+async def test_one_batch_with_several_runs_of_a_node_keeps_the_newest_run(storage):
+    await storage.store_reports([report(1, "n1", run_time=T0 + 50, status="failed", received_at=T0 + 60)])
+    batch = [
+        report(2, "n1", run_time=T0 + 100, status="unchanged", received_at=T0 + 101),
+        report(3, "n1", run_time=T0 + 10, status="changed", received_at=T0 + 500),  # late, old run
+        report(4, "n1", run_time=T0 + 90, status="failed", received_at=T0 + 95),
+        report(5, "n2", run_time=T0, status="noop"),
+    ]
+    await storage.store_reports(batch)
+    node = await storage.get_node("n1")
+    assert (node.report_id, node.status, node.run_time) == (2, "unchanged", T0 + 100)
+    assert node.summary == {"resources": {"total": 2}}
+    assert node.last_received_at == T0 + 500
+    assert (await storage.get_node("n2")).status == "noop"
+    assert await storage.count_reports() == 5
+
+
 async def test_store_reports_is_idempotent(storage):
     rid = (await storage.accept(entry("a"), ["store"])).report_id
     await storage.store_reports([report(rid)])
@@ -593,3 +599,35 @@ async def test_postgres_close_commits_queued_accepts(pg_storage):
     assert len({(await t).report_id for t in tasks}) == 5
     await pg_storage.open()
     assert (await pg_storage.queue_stats())["p"].pending == 5
+
+
+async def test_postgres_close_gives_back_unfinished_leases(pg_storage):
+    # What a stop cuts short is claimable by the other instances at once, not after the lease.
+    for n in range(4):
+        await pg_storage.accept(entry(f"k{n}"), ["p"])
+    claims = await pg_storage.claim("p", 10, T0 + 1, 3600)
+    ids = [c.report_id for c in claims]
+    await pg_storage.finish("p", ids[:1])
+    await pg_storage.fail("p", [DeliveryFailure(ids[1], 1, "boom", T0 + 2, dead=False)])
+    other = PostgresStorage(pg_storage.dsn, schema=pg_storage.schema)
+    await other.open()
+    try:
+        assert await other.claim("p", 10, T0 + 3, 60) == [Claim(ids[1], 1)]  # failed: due again
+        await pg_storage.close()
+        assert [c.report_id for c in await other.claim("p", 10, T0 + 4, 60)] == ids[2:]
+        # a lease that ran out and was taken by another instance is not given back
+        await pg_storage.open()
+        assert len(await pg_storage.claim("p", 10, T0 + 100, 1)) == 3  # leased until T0 + 101
+        assert len(await other.claim("p", 10, T0 + 102, 60)) == 3
+        await pg_storage.close()
+        assert await other.claim("p", 10, T0 + 103, 60) == []
+    finally:
+        await other.close()
+        await pg_storage.open()  # the fixture closes it
+
+
+async def test_finish_with_a_quote_in_the_processor_name(storage):
+    rid = (await storage.accept(entry("a"), ["o'brien", "other"])).report_id
+    await storage.finish("o'brien", [rid])
+    stats = await storage.queue_stats()
+    assert "o'brien" not in stats and stats["other"].pending == 1

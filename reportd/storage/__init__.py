@@ -139,6 +139,41 @@ class ReportQuery:
     after: tuple[float, int] | None = None  # keyset cursor: (run_time, id) of the last row seen
 
 
+class SchemaError(RuntimeError):
+    """The database's schema is not the one this reportd works with."""
+
+
+@dataclass(frozen=True)
+class SchemaStatus:
+    """The schema version a database has (0: none yet) and the one this code brings it to."""
+
+    current: int
+    latest: int
+
+    @property
+    def pending(self) -> list[int]:
+        return list(range(self.current + 1, self.latest + 1))
+
+
+def check_schema(status: SchemaStatus, *, migrating: bool) -> None:
+    """Raise :class:`SchemaError` unless a storage may be opened at ``status``.
+
+    A newer schema is always refused (an older reportd would misread it); an
+    older one only when the caller is not going to migrate it.
+    """
+    if status.current > status.latest:
+        raise SchemaError(
+            f"the database schema is version {status.current}, newer than this reportd knows"
+            f" (version {status.latest}): run a reportd at least as new as the one that upgraded it"
+        )
+    if status.current < status.latest and not migrating:
+        has = f"is version {status.current}" if status.current else "has not been created"
+        raise SchemaError(
+            f"the database schema {has}, this reportd needs version {status.latest}:"
+            " run `reportd db upgrade` (or set [reportd] auto_migrate = true)"
+        )
+
+
 class Storage(JobStorage, ScheduleStorage, abc.ABC):
     """What reportd needs from a database. Open it before use, close it after.
 
@@ -147,7 +182,23 @@ class Storage(JobStorage, ScheduleStorage, abc.ABC):
     """
 
     @abc.abstractmethod
-    async def open(self) -> None: ...
+    async def open(self) -> None:
+        """Connect; migrate the schema first when the storage was made with ``auto_migrate``.
+
+        Raises :class:`SchemaError` when the schema is newer than the code, or
+        older and ``auto_migrate`` is off.
+        """
+
+    @abc.abstractmethod
+    async def schema_status(self) -> SchemaStatus:
+        """The schema version, without changing anything (the storage need not be open)."""
+
+    @abc.abstractmethod
+    async def upgrade(self, up_to: int | None = None) -> list[int]:
+        """Apply the pending migrations, or those up to ``up_to``; the versions applied.
+
+        The storage need not be open; concurrent upgrades apply each migration once.
+        """
 
     @abc.abstractmethod
     async def close(self) -> None: ...
@@ -247,21 +298,24 @@ class Storage(JobStorage, ScheduleStorage, abc.ABC):
     async def revoke_token(self, name: str) -> bool: ...
 
 
-def open_storage(url: str, *, synchronous: str = "full", exclusive: bool = False) -> Storage:
+def open_storage(
+    url: str, *, synchronous: str = "full", exclusive: bool = False, auto_migrate: bool = True
+) -> Storage:
     """The storage for a database URL (``sqlite:///PATH`` or ``postgresql://...``).
 
     ``exclusive`` is for the daemon: it locks the database against a second
-    daemon and takes over the delivery leases a crashed one left.
+    daemon and takes over the delivery leases a crashed one left. Without
+    ``auto_migrate``, opening an out-of-date schema raises :class:`SchemaError`.
     """
     if url.startswith("sqlite:///"):
         from reportd.storage.sqlite import SQLiteStorage
 
         path = url.removeprefix("sqlite:///")
-        return SQLiteStorage(path, synchronous=synchronous, exclusive=exclusive)
+        return SQLiteStorage(path, synchronous=synchronous, exclusive=exclusive, auto_migrate=auto_migrate)
     if url.startswith(("postgresql://", "postgres://")):
         # ``synchronous`` and ``exclusive`` are SQLite's: PostgreSQL commits durably, and
         # its delivery leases are shared by design (a crashed daemon's leases run out).
         from reportd.storage.postgres import PostgresStorage
 
-        return PostgresStorage(url)
+        return PostgresStorage(url, auto_migrate=auto_migrate)
     raise ValueError(f"unsupported database URL {url!r} (sqlite:/// or postgresql://)")

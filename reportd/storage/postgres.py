@@ -6,12 +6,17 @@ stored as the same orjson bytes (``BYTEA``) and bodies zlib-compressed.
 
 ``accept`` calls that arrive together share one transaction: a batching task
 collects the entries queued while the previous batch committed (waiting about
-a millisecond for more when there is only one), inserts them with one
-``unnest`` statement per table and resolves every caller after the commit. A
-batch that fails is retried entry by entry so one bad entry fails alone.
+a millisecond for more when there is only one), compresses their bodies on a
+thread of its own (zlib releases the GIL, so the event loop goes on parsing the
+next requests meanwhile, as SQLite's writer thread compresses beside it),
+inserts them with one ``unnest`` statement per table and resolves every caller
+after the commit. A batch that fails is retried entry by entry so one bad entry
+fails alone.
 
 Deliveries are claimed with ``FOR UPDATE SKIP LOCKED`` and a lease, so
-concurrent claimers (tasks or daemons) get disjoint sets.
+concurrent claimers (tasks or daemons) get disjoint sets. At close an instance
+gives back the leases of deliveries it did not finish (a stop cut them short), so
+the other instances take them over at once; a crashed instance's leases run out.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ import asyncio
 import contextlib
 import zlib
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import asyncpg
 import orjson
+import structlog
 
 from reportd.auth import TokenRecord
 from reportd.storage import (
@@ -35,9 +42,11 @@ from reportd.storage import (
     NodeRow,
     QueueStats,
     ReportQuery,
+    SchemaStatus,
     SpooledReport,
     Storage,
     StoredReport,
+    check_schema,
     postgres_jobs,
     postgres_schedules,
 )
@@ -51,10 +60,11 @@ from reportd.storage.rows import (
     stored_report,
 )
 
+log = structlog.get_logger("reportd.storage.postgres")
+
 MAX_GROUP = 512
 GROUP_LINGER = 0.001  # seconds a lone accept waits for company before committing
 COMPRESSION_LEVEL = 1  # as in sqlite.py
-COMPRESS_IN_THREAD = 256 * 1024  # bodies larger than this are compressed off the event loop
 _MIGRATION_LOCK = 0x7265706F  # advisory lock key ("repo"): one migrator at a time
 
 # Version N is MIGRATIONS[N - 1], numbered like sqlite.py's list.
@@ -142,51 +152,96 @@ MIGRATIONS: list[str] = [
 ]
 
 
+# For the rest of the transaction only; see finish.
+_NO_FLUSH_WAIT = "set_config('synchronous_commit', 'off', true)"
+# The types of REPORT_COLUMNS and NODE_COLUMNS, in order, for unnest.
+_REPORT_TYPES = (
+    "bigint", "text", "text", "text", "text", "boolean", "text", "text", "text", "text", "text",
+    "float8", "float8", "float8", "float8", "bytea", "text", "bigint", "bigint",
+)  # fmt: skip
+_NODE_TYPES = ("text", "text", "text", "text", "bigint", "float8", "float8", "bytea")
+
+
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    """A string constant (standard_conforming_strings, on since PostgreSQL 9.1)."""
+    if "\x00" in text:
+        raise ValueError("PostgreSQL text cannot hold NUL")
+    return "'" + text.replace("'", "''") + "'"
 
 
 class _Pending:
     __slots__ = ("body", "entry", "envelope", "future", "processors")
 
-    def __init__(self, entry: InboxEntry, processors: Sequence[str], envelope: bytes, body: bytes | None):
+    def __init__(self, entry: InboxEntry, processors: Sequence[str], envelope: bytes):
         self.entry = entry
         self.processors = list(processors)
         self.envelope = envelope
-        self.body = body
+        self.body: bytes | None = None  # compressed by the batcher; none without processors
         self.future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
 
 
 class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSchedules, Storage):
-    def __init__(self, dsn: str, *, schema: str | None = None):
+    def __init__(self, dsn: str, *, schema: str | None = None, auto_migrate: bool = True):
         self.dsn = dsn
         self.schema = schema
+        self._auto_migrate = auto_migrate
         self._pool: asyncpg.Pool | None = None
         self._queue: asyncio.Queue[_Pending | None] | None = None
         self._batcher: asyncio.Task[None] | None = None
+        self._compressor: ThreadPoolExecutor | None = None
+        # Deliveries this instance leased and has not finished or failed yet, with the
+        # lease's end: what it gives back at close (a batch cut short by the stop).
+        self._leases: dict[tuple[str, int], float] = {}
+
+    async def _ensure_schema(self) -> dict[str, str]:
+        """The server settings of every connection (the search path of ``schema``)."""
+        if self.schema is None:
+            return {}
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            # Two openers racing on a missing schema: the loser sees it exist.
+            with contextlib.suppress(asyncpg.UniqueViolationError, asyncpg.DuplicateSchemaError):
+                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
+        finally:
+            await conn.close()
+        return {"search_path": quote_ident(self.schema)}
+
+    async def connect(self) -> asyncpg.Connection:
+        """One connection outside the pool (migrations, bulk copies), on this storage's schema."""
+        return await asyncpg.connect(self.dsn, server_settings=await self._ensure_schema())
+
+    async def schema_status(self) -> SchemaStatus:
+        conn = await self.connect()
+        try:
+            return SchemaStatus(await _version(conn), len(MIGRATIONS))
+        finally:
+            await conn.close()
+
+    async def upgrade(self, up_to: int | None = None) -> list[int]:
+        conn = await self.connect()
+        try:
+            return await _migrate(conn, apply=True, up_to=up_to)
+        finally:
+            await conn.close()
 
     async def open(self) -> None:
-        server_settings: dict[str, str] = {}
-        if self.schema is not None:
-            conn = await asyncpg.connect(self.dsn)
-            try:
-                # Two openers racing on a missing schema: the loser sees it exist.
-                with contextlib.suppress(asyncpg.UniqueViolationError, asyncpg.DuplicateSchemaError):
-                    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}")
-            finally:
-                await conn.close()
-            server_settings["search_path"] = quote_ident(self.schema)
+        server_settings = await self._ensure_schema()
         self._pool = await asyncpg.create_pool(
-            self.dsn, min_size=1, max_size=10, server_settings=server_settings
+            self.dsn, min_size=1, max_size=10, server_settings=server_settings, reset=_keep_session
         )
         try:
             async with self._pool.acquire() as conn:
-                await _migrate(conn)
+                await _migrate(conn, apply=self._auto_migrate)
         except BaseException:
             await self._pool.close()
             self._pool = None
             raise
         self._queue = asyncio.Queue()
+        self._compressor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postgres-compress")
         self._batcher = asyncio.create_task(self._run_batches(), name="postgres-accept-batcher")
 
     async def close(self) -> None:
@@ -201,9 +256,34 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
                     _settle([item], error=RuntimeError("storage is closed"))
             self._batcher = None
             self._queue = None
+        if self._compressor is not None:
+            self._compressor.shutdown(wait=True)
+            self._compressor = None
         if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+            try:
+                await self._release_leases()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                # They run out instead, as a crashed instance's do.
+                log.warning("postgres_leases_not_released", count=len(self._leases), error=str(error))
+            finally:
+                await self._pool.close()
+                self._pool = None
+
+    async def _release_leases(self) -> None:
+        """Make this instance's unfinished deliveries claimable by the others at once.
+
+        Only leases still as this instance set them: one that ran out and was taken
+        by another instance has another end.
+        """
+        if not self._leases:
+            return
+        leases = self._leases
+        await self.pool.executemany(
+            "UPDATE deliveries SET lease_until = NULL WHERE processor = $1 AND report_id = $2"
+            " AND lease_until = $3",
+            [(processor, report_id, until) for (processor, report_id), until in leases.items()],
+        )
+        self._leases = {}
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -214,14 +294,7 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
     async def accept(self, entry: InboxEntry, processors: Sequence[str]) -> Accepted:
         if self._queue is None or self._batcher is None or self._batcher.done():
             raise RuntimeError("storage is not open")
-        envelope = orjson.dumps(entry.envelope)
-        body = None
-        if processors:
-            if len(entry.body) > COMPRESS_IN_THREAD:
-                body = await asyncio.to_thread(zlib.compress, entry.body, COMPRESSION_LEVEL)
-            else:
-                body = zlib.compress(entry.body, COMPRESSION_LEVEL)
-        pending = _Pending(entry, processors, envelope, body)
+        pending = _Pending(entry, processors, orjson.dumps(entry.envelope))
         self._queue.put_nowait(pending)
         return await pending.future
 
@@ -242,6 +315,11 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
                     stopping = True
                     break
                 batch.append(item)
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._compressor, _compress_bodies, batch)
+            except Exception as error:  # MemoryError, say: these callers fail, the batcher goes on
+                _settle(batch, error=error)
+                continue
             await self._commit_batch(batch)
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
@@ -268,45 +346,44 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
         for item in batch:
             first.setdefault(item.entry.idempotency_key, item)
         unique = list(first.values())
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "INSERT INTO inbox (idempotency_key, certname, format, received_at, envelope, body)"
-                " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[],"
-                " $5::bytea[], $6::bytea[])"
-                " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key",
-                [i.entry.idempotency_key for i in unique],
-                [i.entry.certname for i in unique],
-                [i.entry.format for i in unique],
-                [i.entry.received_at for i in unique],
-                [i.envelope for i in unique],
-                [i.body for i in unique],
-            )
-            inserted = {key: report_id for report_id, key in rows}
-            existing: dict[str, int] = {}
-            missing = [key for key in first if key not in inserted]
-            if missing:
-                existing = {
-                    key: report_id
-                    for report_id, key in await conn.fetch(
-                        "SELECT id, idempotency_key FROM inbox WHERE idempotency_key = ANY($1::text[])",
-                        missing,
-                    )
-                }
-            names, ids, due = [], [], []
-            for key, report_id in inserted.items():
-                item = first[key]
-                for name in item.processors:
-                    names.append(name)
-                    ids.append(report_id)
-                    due.append(item.entry.received_at)
-            if names:
-                await conn.execute(
-                    "INSERT INTO deliveries (processor, report_id, next_attempt_at)"
-                    " SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[])",
-                    names,
-                    ids,
-                    due,
+        keys, names, due = [], [], []
+        for item in unique:
+            for name in item.processors:
+                keys.append(item.entry.idempotency_key)
+                names.append(name)
+                due.append(item.entry.received_at)
+        # One statement, so one round trip and one implicit transaction: the new inbox
+        # rows and the deliveries of exactly those rows (a duplicate's insert does nothing).
+        rows = await self.pool.fetch(
+            "WITH new AS (INSERT INTO inbox (idempotency_key, certname, format, received_at, envelope, body)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[],"
+            " $5::bytea[], $6::bytea[])"
+            " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key),"
+            " due AS (INSERT INTO deliveries (processor, report_id, next_attempt_at)"
+            " SELECT d.processor, new.id, d.due FROM unnest($7::text[], $8::text[], $9::float8[])"
+            " AS d (idempotency_key, processor, due) JOIN new USING (idempotency_key))"
+            " SELECT id, idempotency_key FROM new",
+            [i.entry.idempotency_key for i in unique],
+            [i.entry.certname for i in unique],
+            [i.entry.format for i in unique],
+            [i.entry.received_at for i in unique],
+            [i.envelope for i in unique],
+            [i.body for i in unique],
+            keys,
+            names,
+            due,
+        )
+        inserted = {key: report_id for report_id, key in rows}
+        existing: dict[str, int] = {}
+        missing = [key for key in first if key not in inserted]
+        if missing:
+            existing = {
+                key: report_id
+                for report_id, key in await self.pool.fetch(
+                    "SELECT id, idempotency_key FROM inbox WHERE idempotency_key = ANY($1::text[])",
+                    missing,
                 )
+            }
         results = []
         for item in batch:
             key = item.entry.idempotency_key
@@ -328,6 +405,8 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
             now,
             limit,
         )
+        for report_id, _ in rows:
+            self._leases[(processor, report_id)] = now + lease
         return [Claim(report_id, attempts) for report_id, attempts in sorted(rows)]
 
     async def load_spooled(self, report_ids: Sequence[int]) -> list[SpooledReport]:
@@ -343,26 +422,34 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
         if not report_ids:
             return
         ids = sorted(set(report_ids))
-        async with self.pool.acquire() as conn, conn.transaction():
-            # The inbox rows are locked first (by finish and expire_reports alike), so the
-            # "no delivery and no report left" check below sees the other's committed work.
-            await conn.execute("SELECT 1 FROM inbox WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE", ids)
-            await conn.execute(
-                "DELETE FROM deliveries WHERE processor = $1 AND report_id = ANY($2::bigint[])",
-                processor,
-                ids,
-            )
-            await conn.execute(
-                "UPDATE inbox SET body = NULL WHERE id = ANY($1::bigint[]) AND body IS NOT NULL"
-                " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.report_id = inbox.id)"
-                " AND NOT EXISTS (SELECT 1 FROM reports r WHERE r.id = inbox.id)",
-                ids,
-            )
+        for report_id in ids:
+            self._leases.pop((processor, report_id), None)
+        # One round trip: a query of several statements (simple protocol, so no
+        # parameters: the ids are integers, the name a quoted literal) runs as one
+        # transaction, each statement with a snapshot of its own.
+        # The inbox rows are locked first (by finish and expire_reports alike), so the
+        # "no delivery and no report left" check after them sees the other's committed work.
+        # The commit need not wait for the WAL flush: were it lost in a crash of the
+        # server, the deliveries would be made again, as after any crash mid-delivery.
+        id_list = f"'{{{','.join(str(int(i)) for i in ids)}}}'::bigint[]"
+        await self.pool.execute(
+            f"SELECT {_NO_FLUSH_WAIT}, count(*) FROM (SELECT 1 FROM inbox"
+            f" WHERE id = ANY({id_list}) ORDER BY id FOR UPDATE) locked;"
+            f" DELETE FROM deliveries WHERE processor = {_literal(processor)}"
+            f" AND report_id = ANY({id_list});"
+            f" UPDATE inbox SET body = NULL WHERE id = ANY({id_list}) AND body IS NOT NULL"
+            " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.report_id = inbox.id)"
+            " AND NOT EXISTS (SELECT 1 FROM reports r WHERE r.id = inbox.id)"
+        )
 
     async def fail(self, processor: str, failures: Sequence[DeliveryFailure]) -> None:
         if not failures:
             return
+        for failure in failures:
+            self._leases.pop((processor, failure.report_id), None)
         async with self.pool.acquire() as conn, conn.transaction():
+            # As in finish: a failure lost in a server crash only means an earlier retry.
+            await conn.execute(f"SELECT {_NO_FLUSH_WAIT}")
             await conn.executemany(
                 "UPDATE deliveries SET attempts = $1, last_error = $2, next_attempt_at = $3,"
                 " state = $4, lease_until = NULL WHERE processor = $5 AND report_id = $6",
@@ -457,20 +544,33 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
         if not reports:
             return
         rows = [report_row(r) for r in reports]
-        marks = ", ".join(f"${n}" for n in range(1, 20))
-        async with self.pool.acquire() as conn, conn.transaction():
-            # The body stays in the spool (inbox) while the store holds the report: one copy.
-            await conn.executemany(
-                f"INSERT INTO reports ({REPORT_COLUMNS}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING",
-                rows,
-            )
-            # One statement per report: a batch may hold two reports of one node.
-            await conn.executemany(
-                f"INSERT INTO nodes ({NODE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-                f" ON CONFLICT (certname) DO UPDATE SET {NEWER_RUN_SET},"
-                " last_received_at = GREATEST(nodes.last_received_at, excluded.last_received_at)",
-                [node_row(row) for row in rows],
-            )
+        # A node's row can change once per statement: of the batch's reports of one node,
+        # only the newest run (as NEWER_RUN_SET orders them) can move it, and the latest
+        # receive time counts. Reduced here, both tables take one statement together.
+        newest: dict[str, tuple] = {}
+        for proposed in map(node_row, rows):
+            seen = newest.get(proposed[0])
+            if seen is None:
+                newest[proposed[0]] = proposed
+                continue
+            winner = proposed if (proposed[5], proposed[4]) > (seen[5], seen[4]) else seen
+            newest[proposed[0]] = (*winner[:6], max(proposed[6], seen[6]), winner[7])
+        report_columns = [list(column) for column in zip(*rows, strict=True)]
+        node_columns = [list(column) for column in zip(*newest.values(), strict=True)]
+        report_params = ", ".join(f"${n}::{t}[]" for n, t in enumerate(_REPORT_TYPES, start=1))
+        node_params = ", ".join(
+            f"${n}::{t}[]" for n, t in enumerate(_NODE_TYPES, start=len(_REPORT_TYPES) + 1)
+        )
+        # The body stays in the spool (inbox) while the store holds the report: one copy.
+        await self.pool.execute(
+            f"WITH stored AS (INSERT INTO reports ({REPORT_COLUMNS}) SELECT * FROM unnest({report_params})"
+            " ON CONFLICT (id) DO NOTHING)"
+            f" INSERT INTO nodes ({NODE_COLUMNS}) SELECT * FROM unnest({node_params})"
+            f" ON CONFLICT (certname) DO UPDATE SET {NEWER_RUN_SET},"
+            " last_received_at = GREATEST(nodes.last_received_at, excluded.last_received_at)",
+            *report_columns,
+            *node_columns,
+        )
 
     async def query_reports(self, query: ReportQuery) -> list[StoredReport]:
         clauses: list[str] = []
@@ -529,7 +629,21 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
         return node(row) if row else None
 
     async def expire_reports(self, before: float, batch: int) -> int:
-        async with self.pool.acquire() as conn, conn.transaction():
+        # Short transactions that take no lock ingest waits on: new reports and their
+        # inbox rows are never the old rows locked here, and rows another instance is
+        # expiring are skipped, not waited for.
+        async with self.pool.acquire() as conn:
+            deleted = await self._expire_report_batch(conn, before, batch)
+            await conn.execute(
+                "DELETE FROM nodes WHERE certname IN (SELECT certname FROM nodes"
+                " WHERE last_received_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                before,
+                batch,
+            )
+            return deleted
+
+    async def _expire_report_batch(self, conn: asyncpg.Connection, before: float, batch: int) -> int:
+        async with conn.transaction():
             ids = [
                 row[0]
                 for row in await conn.fetch(
@@ -551,12 +665,6 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
                     " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.report_id = inbox.id)",
                     ids,
                 )
-            await conn.execute(
-                "DELETE FROM nodes WHERE certname IN (SELECT certname FROM nodes"
-                " WHERE last_received_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                before,
-                batch,
-            )
             return len(ids)
 
     async def count_reports(self) -> int:
@@ -592,6 +700,21 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
         return _rowcount(await self.pool.execute("DELETE FROM tokens WHERE name = $1", name)) > 0
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A pooled connection goes back as it is, without asyncpg's reset query.
+
+    That query (RESET ALL, UNLISTEN, CLOSE ALL, unlock advisory locks) is a round trip
+    on every release, so one more per statement; this storage leaves no session state
+    behind: settings are ``SET LOCAL``, advisory locks transaction-scoped, no LISTEN.
+    """
+
+
+def _compress_bodies(batch: list[_Pending]) -> None:
+    for item in batch:
+        if item.processors:
+            item.body = zlib.compress(item.entry.body, COMPRESSION_LEVEL)
+
+
 def _settle(
     batch: list[_Pending], *, results: list[Accepted] | None = None, error: BaseException | None = None
 ) -> None:
@@ -610,12 +733,31 @@ def _rowcount(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def _migrate(conn: asyncpg.Connection) -> None:
+async def _version(conn: asyncpg.Connection) -> int:
+    # to_regclass follows the search path, as the unqualified table names do.
+    if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
+        return 0
+    return await conn.fetchval("SELECT max(version) FROM schema_version") or 0
+
+
+async def _migrate(conn: asyncpg.Connection, *, apply: bool, up_to: int | None = None) -> list[int]:
+    """Bring the schema to ``up_to`` (default: the latest) in one transaction; the versions applied.
+
+    Without ``apply`` only check: :class:`SchemaError` unless it is current already.
+    """
     async with conn.transaction():
-        # Transaction-scoped: two daemons opening one fresh database migrate one after the other.
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        if apply:
+            # Transaction-scoped: two daemons opening one fresh database migrate one after the other.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        current = await _version(conn)
+        check_schema(SchemaStatus(current, len(MIGRATIONS)), migrating=apply)
+        target = len(MIGRATIONS) if up_to is None else up_to
+        if current >= target:
+            return []
         await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        current = await conn.fetchval("SELECT max(version) FROM schema_version") or 0
-        for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+        applied = []
+        for version, script in enumerate(MIGRATIONS[current:target], start=current + 1):
             await conn.execute(script)
             await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+            applied.append(version)
+        return applied

@@ -34,9 +34,11 @@ from reportd.storage import (
     NodeRow,
     QueueStats,
     ReportQuery,
+    SchemaStatus,
     SpooledReport,
     Storage,
     StoredReport,
+    check_schema,
     sqlite_jobs,
     sqlite_schedules,
 )
@@ -139,10 +141,18 @@ MIGRATIONS: list[str] = [
 
 
 class SQLiteStorage(sqlite_jobs.SQLiteJobs, sqlite_schedules.SQLiteSchedules, Storage):
-    def __init__(self, path: str | Path, *, synchronous: str = "full", exclusive: bool = False):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "full",
+        exclusive: bool = False,
+        auto_migrate: bool = True,
+    ):
         self.path = Path(path)
         self._synchronous = synchronous.upper()
         self._exclusive = exclusive
+        self._auto_migrate = auto_migrate
         self._writer: _Writer | None = None
         self._readers: ThreadPoolExecutor | None = None
         self._local = threading.local()
@@ -154,7 +164,11 @@ class SQLiteStorage(sqlite_jobs.SQLiteJobs, sqlite_schedules.SQLiteSchedules, St
             self._lock_fd = _lock(self.path.with_name(self.path.name + ".lock"))
         self._writer = _Writer(self.path, self._synchronous)
         self._writer.start()
-        await self._write(_migrate)
+        try:
+            await self._write(lambda conn: _migrate(conn, apply=self._auto_migrate))
+        except BaseException:
+            await self.close()
+            raise
         if self._exclusive:
             # The only daemon on this file: leases left by a crashed one are void.
             await self._write(lambda c: c.execute("UPDATE deliveries SET lease_until = NULL"))
@@ -170,6 +184,37 @@ class SQLiteStorage(sqlite_jobs.SQLiteJobs, sqlite_schedules.SQLiteSchedules, St
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    async def schema_status(self) -> SchemaStatus:
+        def read() -> SchemaStatus:
+            if not self.path.exists():
+                return SchemaStatus(0, len(MIGRATIONS))
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                return SchemaStatus(read_schema_version(conn), len(MIGRATIONS))
+            finally:
+                conn.close()
+
+        return await asyncio.to_thread(read)
+
+    async def upgrade(self, up_to: int | None = None) -> list[int]:
+        def run() -> list[int]:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None)
+            try:
+                conn.execute("PRAGMA busy_timeout = 10000")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    applied = _migrate(conn, apply=True, up_to=up_to)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+                return applied
+            finally:
+                conn.close()
+
+        return await asyncio.to_thread(run)
 
     def _write(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         assert self._writer is not None, "storage is not open"
@@ -516,14 +561,31 @@ def _marks(values: Sequence[Any]) -> str:
     return ",".join("?" * len(values))
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
+def read_schema_version(conn: sqlite3.Connection) -> int:
+    exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    if conn.execute(exists).fetchone():
+        return conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
+    return 0
+
+
+def _migrate(conn: sqlite3.Connection, *, apply: bool, up_to: int | None = None) -> list[int]:
+    """Bring the schema to ``up_to`` (default: the latest), inside the caller's transaction.
+
+    Without ``apply`` only check: :class:`SchemaError` unless it is current already.
+    """
+    current = read_schema_version(conn)
+    check_schema(SchemaStatus(current, len(MIGRATIONS)), migrating=apply)
+    target = len(MIGRATIONS) if up_to is None else up_to
+    if current >= target:
+        return []
     conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-    current = row[0] or 0
-    for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+    applied = []
+    for version, script in enumerate(MIGRATIONS[current:target], start=current + 1):
         for statement in filter(str.strip, script.split(";")):
             conn.execute(statement)
         conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        applied.append(version)
+    return applied
 
 
 def _lock(path: Path) -> int:
