@@ -17,6 +17,8 @@ from reportd.config import Config, validate_plugin_sections
 from reportd.context import PluginContext
 from reportd.dispatch import Dispatcher, RetryPolicy
 from reportd.ingest import setup_ingest_routes
+from reportd.jobs.tracker import NAME as JOBS_CONSUMER
+from reportd.jobs.tracker import Tracker
 from reportd.periodic import drain, every
 from reportd.plugin_manager import declared_settings, processor_classes
 from reportd.settings import ConfigError
@@ -52,6 +54,8 @@ def prepare(config: Config, pm: pluggy.PluginManager) -> Prepared:
     settings = validate_plugin_sections(config, declared_settings(pm))
     classes = processor_classes(pm)
     for name in config.processors:
+        if name == JOBS_CONSUMER:  # its deliveries are the internal job tracker's
+            raise ConfigError(f"{config.source}: [reportd] processors: {name!r} is reserved for job tracking")
         if name not in classes:
             known = ", ".join(sorted(classes)) or "none"
             raise ConfigError(
@@ -66,7 +70,12 @@ def create_app(
     """Build the application. No I/O happens until a runner starts it."""
     prepared = prepare(config, pm)
     if storage is None:
-        storage = open_storage(config.database_url, synchronous=config.sqlite_synchronous, exclusive=True)
+        storage = open_storage(
+            config.database_url,
+            synchronous=config.sqlite_synchronous,
+            exclusive=True,
+            auto_migrate=config.auto_migrate,
+        )
     context = PluginContext(config, storage, prepared.settings, config.processors, Telemetry())
     processors = [prepared.processor_classes[name](context) for name in config.processors]
     app = web.Application(client_max_size=config.max_body_size + 1)
@@ -75,20 +84,25 @@ def create_app(
     app[CONTEXT] = context
     app[AUTHENTICATOR] = Authenticator(config, storage.find_token)
     app[TELEMETRY] = context.telemetry
+    # Job tracking is always on: its processor gets only the reports that carry a job_id.
+    jobs = Tracker(context, pm)
     app[DISPATCHER] = Dispatcher(
         storage,
         processors,
         retry=RetryPolicy(config.max_attempts, config.retry_initial, config.retry_max),
         timeout=config.processor_timeout,
         telemetry=context.telemetry,
+        internal=[jobs.consumer],
     )
     app.cleanup_ctx.append(_storage_lifecycle)
     app.cleanup_ctx.append(_make_plugin_lifecycle(pm))
+    app.cleanup_ctx.append(jobs.lifecycle)
     app.cleanup_ctx.append(_dispatch_lifecycle)
     app.cleanup_ctx.append(_spool_expiry)
     setup_ingest_routes(app)
     app.router.add_get("/api/v1/queue", get_queue)
     app.router.add_get("/healthz", get_health)
+    jobs.add_routes(app)
     pm.hook.reportd_add_routes(app=app, context=context)
     return app
 
@@ -143,7 +157,10 @@ async def get_queue(request: web.Request) -> web.Response:
     stats = await request.app[STORAGE].queue_stats()
     now = time.time()
     body = {}
-    for name in request.app[DISPATCHER].processor_names:
+    dispatcher = request.app[DISPATCHER]
+    # The internal job tracker is listed only while it has pending or dead deliveries.
+    internal = [name for name in dispatcher.internal_names if name in stats]
+    for name in [*dispatcher.processor_names, *internal]:
         entry = stats.get(name)
         oldest = entry.oldest_pending_at if entry else None
         body[name] = {

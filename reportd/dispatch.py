@@ -62,7 +62,10 @@ class Dispatcher:
         timeout: float,
         telemetry: Telemetry | None = None,
         clock: Callable[[], float] = time.time,
+        internal: Sequence[Processor] = (),
     ) -> None:
+        """``internal`` processors get only the reports spooled for them by name (see
+        :attr:`internal_names`), and are woken only by ``submit(..., internal=True)``."""
         self._storage = storage
         self._retry = retry
         self._timeout = timeout
@@ -70,38 +73,51 @@ class Dispatcher:
         self._telemetry = telemetry or Telemetry()
         self._cache: OrderedDict[int, Report] = OrderedDict()
         self._workers = [_Worker(p) for p in processors]
+        self._internal = [_Worker(p) for p in internal]
         self._stopping = False
-        self.stats = {p.name: ProcessorStats() for p in processors}
+        self.stats = {p.name: ProcessorStats() for p in [*processors, *internal]}
 
     @property
     def processor_names(self) -> list[str]:
         return [w.processor.name for w in self._workers]
 
+    @property
+    def internal_names(self) -> list[str]:
+        return [w.processor.name for w in self._internal]
+
     def start(self) -> None:
-        for worker in self._workers:
+        for worker in (*self._workers, *self._internal):
             worker.task = asyncio.create_task(self._run(worker), name=f"processor:{worker.processor.name}")
 
-    def submit(self, report: Report) -> None:
-        """A report was just accepted: keep it at hand and wake the workers."""
+    def submit(self, report: Report, *, internal: bool = False) -> None:
+        """A report was just accepted: keep it at hand and wake the workers.
+
+        ``internal``: it was spooled for the internal processors too. Others'
+        workers stay asleep: a claim is a database write, not to be made per report.
+        """
         assert report.id is not None
         self._cache[report.id] = report
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         for worker in self._workers:
             worker.wake.set()
+        if internal:
+            for worker in self._internal:
+                worker.wake.set()
 
     async def stop(self, grace: float) -> None:
         """Let running batches end (for at most ``grace`` seconds), then close processors."""
         self._stopping = True
-        for worker in self._workers:
+        workers = (*self._workers, *self._internal)
+        for worker in workers:
             worker.wake.set()
-        tasks = [w.task for w in self._workers if w.task is not None]
+        tasks = [w.task for w in workers if w.task is not None]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        for worker in self._workers:
+        for worker in workers:
             if worker.started:
                 try:
                     await worker.processor.close()

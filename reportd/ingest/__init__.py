@@ -46,10 +46,15 @@ async def accept_report(app: web.Application, report: Report, envelope: Envelope
         envelope=envelope.to_dict(),
         body=report.raw,
     )
-    accepted = await app[STORAGE].accept(entry, dispatcher.processor_names)
+    # Only a report of a job also goes to the internal job tracker: the others pay nothing.
+    for_jobs = report.job_id is not None
+    processors = dispatcher.processor_names
+    if for_jobs:
+        processors += dispatcher.internal_names
+    accepted = await app[STORAGE].accept(entry, processors)
     report.id = accepted.report_id
     if not accepted.duplicate:
-        dispatcher.submit(report)
+        dispatcher.submit(report, internal=for_jobs)
     return accepted
 
 

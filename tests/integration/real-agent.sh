@@ -4,8 +4,9 @@
 # self-generated CA.  No puppetserver needed.  Idempotent / rerunnable.
 #
 # Usage:  real-agent.sh [RUN...]
-#   RUN is any of: certs failed changed noop resource-failure http all
+#   RUN is any of: certs failed changed noop resource-failure http job all
 #   default: all  (= failed changed noop resource-failure http)
+#   job       a changed run with --job_id $REPORTD_JOB_ID (default 4711)
 #   certs     only create/refresh the PKI and print the paths, run nothing
 # check-real-agent.sh starts a reportd with these certificates and runs this.
 #
@@ -306,6 +307,7 @@ for what in "$@"; do
     noop) run_cached noop 0 unchanged --noop ;;
     resource-failure) run_cached resource-failure 1 failed ;;
     http) run_http ;;
+    job) run_cached job 0 changed --job_id "${REPORTD_JOB_ID:-4711}" ;;  # an orchestrator-style job's run
     *) die "unknown run '$what'" ;;
   esac
 done

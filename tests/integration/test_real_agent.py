@@ -27,7 +27,8 @@ def test_real_puppet_agent_over_mutual_tls(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     assert (
-        "stored, in arrival order: ['failed', 'changed', 'noop_pending', 'failed', 'changed']"
+        "stored, in arrival order: ['failed', 'changed', 'noop_pending', 'failed', 'changed', 'changed']"
         in result.stderr
     )
-    assert "reportd accepted 5 reports over mutual TLS" in result.stderr
+    assert "job 4711: finished, node agent01.example.test finished" in result.stderr
+    assert "reportd accepted 6 reports over mutual TLS" in result.stderr
