@@ -302,7 +302,12 @@ async def poll_queue(session: aiohttp.ClientSession, base_url: str) -> QueueSamp
         async with session.get(base_url + QUEUE_PATH) as response:
             if response.status != 200:
                 return None
-            store = orjson.loads(await response.read())["processors"][TRACKED_PROCESSOR]
+            processors = orjson.loads(await response.read())["processors"]
+            # reportd lists its internal job tracker only while it has deliveries queued
+            idle = {"pending": 0, "dead": 0} if TRACKED_PROCESSOR == "jobs" else None
+            store = processors.get(TRACKED_PROCESSOR, idle)
+            if store is None:
+                return None
     except (aiohttp.ClientError, TimeoutError, KeyError, TypeError, orjson.JSONDecodeError):
         return None
     # The count was taken somewhere between send and answer; under load that gap is
@@ -576,7 +581,7 @@ def summarize_load(workers: list[dict], duration: float) -> dict:
         "errors_outside_window": sum(sum(w["outside_errors"].values()) for w in workers),
         "latency_ms": {
             name: None if (v := percentile(latencies, p)) is None else v * 1000
-            for name, p in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100))
+            for name, p in (("p50", 50), ("p90", 90), ("p95", 95), ("p99", 99), ("max", 100))
         },
         "client_cpu_percent": sum(w["cpu_seconds"] for w in workers) / duration * 100,
     }
@@ -728,6 +733,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--processor", default="store", help="whose progress counts as finished (e.g. puppetdb)"
     )
+    parser.add_argument(
+        "--job-id", type=int, default=None, help="every report carries this job_id (reportd's job tracker)"
+    )
     args = parser.parse_args(argv)
     global TRACKED_PROCESSOR
     TRACKED_PROCESSOR = args.processor
@@ -749,6 +757,9 @@ async def main_async(args: argparse.Namespace) -> int:
     )
     rng = random.Random(args.seed)
     templates = tuple(make_template(args.resources, rng) for _ in range(TEMPLATES))
+    if args.job_id is not None:  # as `puppet agent --job_id N` reports: one job, every node
+        prefix = b'{"job_id":"%d",' % args.job_id
+        templates = tuple(BodyTemplate(prefix + template.body[1:]) for template in templates)
     sizes = sorted(len(template.body) for template in templates)
     load = f"{args.rate:g} reports/s open loop" if args.rate else "closed loop"
     print(

@@ -12,8 +12,10 @@ The hooks, when they are called and what they return are documented in
 (``hookimpl``, ``Processor``, ``PermanentError``, ``PluginContext``,
 ``Report`` and its parts, ``Setting``, ``require_permission``) plus
 ``reportd.settings`` (value parsers), ``reportd.status`` (run status),
-``reportd.web`` (``json_response``, ``api_error``), ``reportd.formats``
-(``parse``, ``parse_time``), ``reportd.periodic`` and ``reportd.storage``.
+``reportd.web`` (``json_response``, ``api_error``, ``json_error``), ``reportd.formats``
+(``parse``, ``parse_time``), ``reportd.periodic``, ``reportd.storage``,
+``reportd.jobs`` (``JobRun``, ``JobRunError``: for plugins that start jobs' runs) and
+``reportd.cli.plugin_context`` (in commands added with ``reportd_register_commands``).
 
 Most plugins are **processors**: a :class:`reportd.Processor` subclass gets
 every accepted report, in the background, at least once. Delivery state is

@@ -46,17 +46,78 @@ def _plugin_manager(config: Config):
 
 def _with_storage(config: Config, job: Callable[[Storage], Awaitable[T]]) -> T:
     async def run() -> T:
-        storage = open_storage(config.database_url, synchronous=config.sqlite_synchronous)
+        storage = open_storage(
+            config.database_url, synchronous=config.sqlite_synchronous, auto_migrate=config.auto_migrate
+        )
         await storage.open()
         try:
             return await job(storage)
         finally:
             await storage.close()
 
-    return asyncio.run(run())
+    from reportd.storage import SchemaError
+
+    try:
+        return asyncio.run(run())
+    except SchemaError as error:
+        raise click.ClickException(str(error)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_PLUGIN_COMMANDS = "reportd.plugin_commands"
+
+
+class PluginCommands(click.Group):
+    """The built-in commands, then those plugins add (``reportd_register_commands``).
+
+    Which plugins load depends on the configuration (plugin_paths,
+    disabled_plugins), known only once the top-level options are parsed: so
+    plugin commands are collected on first need, from this group's parameters.
+    """
+
+    def _plugin_commands(self, ctx: click.Context) -> click.Group:
+        group = ctx.meta.get(_PLUGIN_COMMANDS)
+        if group is None:
+            config = _load_config(ctx.params.get("config_path"), ctx.params.get("data_dir"))
+            group = click.Group()
+            _plugin_manager(config).hook.reportd_register_commands(cli=group)
+            ctx.meta[_PLUGIN_COMMANDS] = group
+        return group
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        try:
+            extra = self._plugin_commands(ctx).list_commands(ctx)
+        except click.ClickException:  # a broken configuration: --help still lists the built-ins
+            extra = []
+        return sorted({*super().list_commands(ctx), *extra})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, cmd_name) or self._plugin_commands(ctx).get_command(ctx, cmd_name)
+
+
+def _load_config(config_path: Path | None, data_dir: Path | None) -> Config:
+    try:
+        return load_config(config_path).with_overrides(data_dir=data_dir)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def plugin_context(ctx: click.Context):
+    """For plugin commands: a :class:`reportd.PluginContext` with an unopened storage."""
+    from reportd.app import prepare
+    from reportd.context import PluginContext
+
+    config = _load(ctx)
+    try:
+        settings = prepare(config, _plugin_manager(config)).settings
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    storage = open_storage(
+        config.database_url, synchronous=config.sqlite_synchronous, auto_migrate=config.auto_migrate
+    )
+    return PluginContext(config, storage, settings, config.processors)
+
+
+@click.group(cls=PluginCommands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="reportd")
 @click.option(
     "-c",
@@ -65,6 +126,7 @@ def _with_storage(config: Config, job: Callable[[Storage], Awaitable[T]]) -> T:
     envvar="REPORTD_CONFIG",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
+    is_eager=True,  # before --help, which lists the commands of the plugins this file loads
     help="INI file (default: $REPORTD_CONFIG, else the embedded defaults).",
 )
 @click.option(
@@ -73,6 +135,7 @@ def _with_storage(config: Config, job: Callable[[Storage], Awaitable[T]]) -> T:
     envvar="REPORTD_DATA_DIR",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
+    is_eager=True,
     help="Overrides [reportd] data_dir, for every command.",
 )
 @click.pass_context
@@ -337,6 +400,93 @@ def expire(ctx: click.Context) -> None:
 
     reports_deleted, spool_deleted = _with_storage(config, job)
     click.echo(f"deleted {reports_deleted} reports and {spool_deleted} spool entries")
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password, for output."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+@cli.group()
+def db() -> None:
+    """The database schema: status, upgrade; copy a SQLite store into PostgreSQL."""
+
+
+@db.command("status")
+@click.pass_context
+def db_status(ctx: click.Context) -> None:
+    """Show the schema version the database has and the one this reportd needs."""
+    config = _load(ctx)
+    status = asyncio.run(open_storage(config.database_url).schema_status())
+    click.echo(f"database: {_redacted(config.database_url)}")
+    click.echo(f"schema version: {status.current} (this reportd: {status.latest})")
+    if status.current > status.latest:
+        raise click.ClickException("the schema is newer than this reportd: upgrade reportd")
+    if status.pending:
+        click.echo(f"pending migrations: {', '.join(map(str, status.pending))} (run `reportd db upgrade`)")
+    else:
+        click.echo("up to date")
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Apply the pending schema migrations; concurrent upgrades apply each once."""
+    from reportd.storage import SchemaError
+
+    config = _load(ctx)
+    storage = open_storage(config.database_url)
+    try:
+        before = asyncio.run(storage.schema_status())
+        applied = asyncio.run(storage.upgrade())
+    except SchemaError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"database: {_redacted(config.database_url)}")
+    if applied:
+        click.echo(
+            f"schema version {before.current} -> {applied[-1]}: applied {', '.join(map(str, applied))}"
+        )
+    else:
+        click.echo(f"schema version {before.current}: up to date, nothing to do")
+
+
+@db.command("migrate-from-sqlite")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--to", "dsn", help="the PostgreSQL database (default: [reportd] database)")
+@click.option("--replace", is_flag=True, help="empty the target's tables first if they hold data")
+@click.pass_context
+def db_migrate_from_sqlite(ctx: click.Context, path: Path, dsn: str | None, replace: bool) -> None:
+    """Copy the SQLite store at PATH into PostgreSQL; stop the daemon using PATH first."""
+    from reportd.storage.postgres import PostgresStorage
+    from reportd.storage.sqlite_to_postgres import copy_sqlite_to_postgres
+
+    config = _load(ctx)
+    dsn = dsn or config.database
+    if not dsn.startswith(("postgresql://", "postgres://")):
+        raise click.ClickException(
+            "no PostgreSQL database: give --to postgresql://... or set [reportd] database"
+        )
+    shown: dict[str, float] = {}
+
+    def progress(table: str, rows: int) -> None:
+        if time.monotonic() - shown.get(table, 0.0) >= 2.0:  # a line every 2 s per table, at most
+            shown[table] = time.monotonic()
+            click.echo(f"  {table}: {rows} rows", err=True)
+
+    try:
+        result = asyncio.run(copy_sqlite_to_postgres(path, PostgresStorage(dsn), replace=replace,
+                                                     progress=progress))  # fmt: skip
+    except RuntimeError as error:  # MigrationError, SchemaError
+        raise click.ClickException(str(error)) from None
+    click.echo(f"copied {path} (schema version {result.schema_version}) to {_redacted(dsn)}:")
+    for table in result.tables:
+        click.echo(f"  {table.name}: {table.rows} rows")
+    if result.upgraded:
+        click.echo(f"then applied migrations {', '.join(map(str, result.upgraded))}")
 
 
 @cli.group()

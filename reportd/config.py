@@ -20,6 +20,7 @@ from reportd.auth import PERMISSIONS
 from reportd.settings import (
     ConfigError,
     Setting,
+    as_bool,
     as_duration,
     as_list,
     as_listen,
@@ -45,11 +46,19 @@ def _permissions(value: str) -> frozenset[str]:
     return names
 
 
+def _base_url(value: str) -> str:
+    value = value.strip().rstrip("/")
+    if value and not value.startswith(("http://", "https://")):
+        raise ValueError(f"expected empty or an http(s):// URL, got {value!r}")
+    return value
+
+
 CORE_SETTINGS: dict[str, Setting] = {
     "listen": Setting("127.0.0.1:8141", as_listen, "address and port to listen on"),
     "data_dir": Setting("", as_path, "where the SQLite database lives"),
     "database": Setting("", as_str, "empty: SQLite in data_dir"),
     "sqlite_synchronous": Setting("full", one_of("full", "normal"), "fsync every commit"),
+    "auto_migrate": Setting("true", as_bool, "apply pending schema migrations at start"),
     "processors": Setting("store, metrics", as_list, "enabled processors, in order"),
     "plugin_paths": Setting("", as_list, "directories of plugin modules"),
     "disabled_plugins": Setting("", as_list, "plugins not to load"),
@@ -69,6 +78,8 @@ CORE_SETTINGS: dict[str, Setting] = {
     "shutdown_timeout": Setting("30s", as_duration, "how long a stop waits for work in flight"),
     "dedup_window": Setting("14d", as_duration, "how long duplicates are recognised"),
     "stale_after": Setting("2h", as_duration, "a node is stale after this silence"),
+    "base_url": Setting("", _base_url, "reportd's public URL, for absolute URLs in answers"),
+    "job_timeout": Setting("1h", as_duration, "timeout of a deploy that names none"),
 }
 
 
@@ -97,6 +108,7 @@ class Config:
     data_dir: Path
     database: str
     sqlite_synchronous: str
+    auto_migrate: bool
     processors: tuple[str, ...]
     plugin_paths: tuple[str, ...]
     disabled_plugins: tuple[str, ...]
@@ -115,6 +127,8 @@ class Config:
     processor_timeout: float
     shutdown_timeout: float
     dedup_window: float
+    base_url: str
+    job_timeout: float
     stale: StaleRules
     source: str = "<defaults>"
     plugin_sections: Mapping[str, Mapping[str, str]] = field(default_factory=dict)

@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    import click
     from aiohttp import web
 
     from reportd.context import PluginContext
+    from reportd.jobs import JobRun
     from reportd.processor import Processor
     from reportd.settings import Setting
 
@@ -88,4 +90,60 @@ def reportd_shutdown(context: PluginContext) -> Awaitable[None] | None:
     Exceptions are logged and do not stop other plugins' shutdown.
 
     :param context: the plugin context (configuration, storage, settings).
+    """
+
+
+@hookspec(firstresult=True)
+def reportd_start_job_run(context: PluginContext, job: JobRun, certname: str) -> Awaitable[None] | None:
+    """Start Puppet on one node of a job (``POST /orchestrator/v1/command/deploy``).
+
+    Called once per node of a deployed job, never for more than the job's
+    ``concurrency`` nodes in flight (a node is in flight from this call until
+    its report arrives, its run fails to start, or the job's timeout): with
+    ``concurrency`` 10 and 100 nodes, the 11th call comes when a first node
+    has reported. The run must carry the job's id so its report comes back to
+    the job: ``puppet agent --onetime --no-daemonize --job_id {job.name}``
+    (plus ``--noop`` when ``job.noop``, ``--environment`` when
+    ``job.environment`` is set). Jobs created by a report (``puppet agent -t
+    --job_id 81`` run by hand) and runs resumed after a restart of nodes already
+    ``running`` are not started again.
+
+    The first implementation that returns something other than None takes the
+    node (pluggy ``firstresult``; last registered is asked first). Return None
+    to decline: with no taker the node waits, ``ready``, for a report
+    started some other way. To take it, return an awaitable (an ``async def``
+    implementation always takes the node). reportd then marks the node
+    ``running`` (event ``node_running``) and awaits it as a task of its own:
+    finish when your part is over (the command exited, the run was queued);
+    raise :class:`reportd.jobs.JobRunError` (or any exception) when the run
+    could not start or failed without a report: the node becomes ``errored``
+    with the exception's message, unless its report settled it first. Once
+    the node's report has arrived its state is the report's, whatever the
+    awaitable does. The task is cancelled at shutdown (clean up, e.g. kill your
+    subprocess); the node then stays ``running`` until its report or the job's
+    timeout. Must not block the event loop.
+
+    :param context: the plugin context (configuration, storage, settings).
+    :param job: the job (:class:`reportd.jobs.JobRun`): id, environment, noop,
+        concurrency, timeout and deadline, owner, options as requested.
+    :param certname: the node to run Puppet on.
+    """
+
+
+@hookspec
+def reportd_register_commands(cli: click.Group) -> None:
+    """Add subcommands to the ``reportd`` command line (like datasette's ``register_commands``).
+
+    Called when a command line names a command that is not built in, and for
+    ``reportd --help``: after the top-level options (``--config``,
+    ``--data-dir``) are parsed, since they decide which plugins load. Add
+    commands with ``@cli.command()`` / ``@cli.group()`` or
+    ``cli.add_command(...)``; each becomes ``reportd NAME``. A built-in command
+    of the same name wins. Inside a command, ``reportd.cli.plugin_context(ctx)``
+    (with ``ctx = click.get_current_context()``) returns a
+    :class:`reportd.PluginContext` with the configuration, every plugin's parsed
+    settings and an **unopened** storage: ``await context.storage.open()`` and
+    close it when done. Must not return an awaitable.
+
+    :param cli: a :class:`click.Group` collecting this plugin's commands.
     """

@@ -16,7 +16,13 @@ import pluggy
 from reportd import hookspecs
 from reportd.settings import ConfigError
 
-BUILTIN_PLUGINS = ("reportd_plugins.store", "reportd_plugins.puppetdb", "reportd_plugins.metrics")
+BUILTIN_PLUGINS = (
+    "reportd_plugins.store",
+    "reportd_plugins.puppetdb",
+    "reportd_plugins.metrics",
+    "reportd_plugins.command",
+    "reportd_plugins.email",
+)
 ENTRY_POINT_GROUP = "reportd"
 
 

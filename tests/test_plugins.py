@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 
@@ -248,3 +249,94 @@ def test_plugin_guide_shows_the_example_plugin_verbatim():
     example = (EXAMPLE / "reportd_hello.py").read_text()
     code = example.split('"""\n\n', 1)[1]  # the example's own docstring is not in the guide
     assert textwrap.dedent(block).strip() == code.strip()
+
+
+async def test_hook_reportd_start_job_run(aiohttp_client, tmp_path):
+    from reportd.jobs import JobRunError
+
+    calls = []
+
+    class Trigger:
+        @hookimpl
+        def reportd_start_job_run(self, context, job, certname):
+            calls.append((job.name, job.environment, job.noop, job.concurrency, certname))
+            if certname.startswith("manual"):
+                return None  # declined: the node waits for a report
+
+            async def run():
+                if certname.startswith("bad"):
+                    raise JobRunError(f"cannot reach {certname}")
+
+            return run()
+
+    anonymous = "anonymous_permissions = upload_config_reports, view_reports, view_jobs, edit_jobs\n"
+    client = await aiohttp_client(build(tmp_path, Trigger(), anonymous, processors="store"))
+    nodes = ["bad.example.test", "manual.example.test", SAMPLE_CERTNAME]
+    response = await client.post(
+        "/orchestrator/v1/command/deploy",
+        json={"environment": "production", "scope": {"nodes": nodes}, "noop": True, "concurrency": 5},
+    )
+    assert response.status == 202
+
+    async def node_states():
+        body = await (await client.get("/orchestrator/v1/jobs/1/nodes")).json()
+        return {n["name"]: (n["state"], n["details"].get("message")) for n in body["items"]}
+
+    async def started():
+        states = await node_states()
+        return states if states["bad.example.test"][0] == "errored" else None
+
+    states = await wait_until(started)
+    assert states["bad.example.test"] == ("errored", "cannot reach bad.example.test")
+    assert states["manual.example.test"] == ("ready", None)
+    assert states[SAMPLE_CERTNAME][0] == "running"
+    assert sorted(calls) == sorted(("1", "production", True, 5, n) for n in nodes)
+    body = orjson.loads(sample("agent-changes.json"))
+    body["job_id"] = "1"
+    response = await client.put(PUT, data=orjson.dumps(body), headers={"Content-Type": "application/json"})
+    assert response.status == 200
+
+    async def reported():
+        return (await node_states())[SAMPLE_CERTNAME][0] == "finished"
+
+    await wait_until(reported)
+    assert len(calls) == 3  # each node asked once
+
+
+def test_hook_reportd_register_commands(tmp_path):
+    from click.testing import CliRunner
+
+    from reportd.cli import cli
+
+    plugins = tmp_path / "cmd_plugins"
+    plugins.mkdir()
+    (plugins / "greeter.py").write_text(
+        "import click\n"
+        "from reportd import hookimpl\n"
+        "from reportd.cli import plugin_context\n\n"
+        "@hookimpl\n"
+        "def reportd_register_commands(cli):\n"
+        "    @cli.command()\n"
+        "    def greet():\n"
+        "        '''Say which processors are enabled.'''\n"
+        "        context = plugin_context(click.get_current_context())\n"
+        "        click.echo('hello ' + ','.join(context.processors))\n\n"
+        "    @cli.command('plugins')\n"
+        "    def shadow():\n"
+        "        click.echo('the built-in wins')\n"
+    )
+    ini = tmp_path / "reportd.ini"
+    ini.write_text(
+        f"[reportd]\ndata_dir = {tmp_path / 'data'}\nprocessors = store\nplugin_paths = {plugins}\n"
+    )
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--config", str(ini), "greet"])
+    assert (result.exit_code, result.output) == (0, "hello store\n")
+    assert "greet" in runner.invoke(cli, ["--config", str(ini), "--help"]).output
+    shadowed = runner.invoke(cli, ["--config", str(ini), "plugins"])
+    assert "the built-in wins" not in shadowed.output and "reportd_local_greeter" in shadowed.output
+    # without the plugin (no plugin_paths) the command does not exist
+    plain = tmp_path / "plain.ini"
+    plain.write_text(f"[reportd]\ndata_dir = {tmp_path / 'data'}\n")
+    missing = runner.invoke(cli, ["--config", str(plain), "greet"])
+    assert missing.exit_code == 2 and "No such command 'greet'" in missing.output
