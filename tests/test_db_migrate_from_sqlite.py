@@ -19,6 +19,8 @@ from reportd.storage.sqlite_to_postgres import copy_sqlite_to_postgres
 from reportd.web import STORAGE
 from tests.conftest import sample, wait_until
 from tests.pg import fresh_database
+from tests.test_job_storage import deployed, new_job, outcome
+from tests.test_storage import T0
 
 BASE = orjson.loads(sample("agent-changes.json"))
 HOSTS = ("web1.example.test", "web2.example.test", "db1.example.test")
@@ -143,6 +145,76 @@ async def test_migrate_from_sqlite_copies_everything(aiohttp_client, make_app, t
         assert not accepted.duplicate and accepted.report_id == 13
         claims = await target.claim("later", 10, 2_000_000_000.0, 60)
         assert [c.report_id for c in claims] == [10, 11, 12]
+    finally:
+        await target.close()
+
+
+async def job_contents(storage: Storage, job_ids) -> dict:
+    """Everything the job API shows of the given jobs."""
+    return {
+        "list": await storage.list_jobs(type=None, order_by=None, descending=False, limit=None, offset=0),
+        "jobs": [await storage.get_job(j) for j in job_ids],
+        "nodes": [await storage.job_nodes(j, with_events=True) for j in job_ids],
+        "events": [await storage.job_events(j, 0) for j in job_ids],
+        "last_event": [await storage.last_job_event(j) for j in job_ids],
+        "deadline": await storage.next_job_deadline(),
+        "resumable": await storage.resumable_jobs(),
+    }
+
+
+async def test_migrate_from_sqlite_copies_jobs(tmp_path, pg_database):
+    path = tmp_path / "reportd.sqlite3"
+    source = SQLiteStorage(path)
+    await source.open()
+    try:
+        deploy = await deployed(source, "a", "b", "c", seconds=10)
+        assert await source.mark_node_running(deploy, "a", T0 + 2)
+        assert await source.record_node_outcome(outcome(deploy, "a", 1), T0 + 3)
+        assert await source.record_node_outcome(outcome(deploy, "b", 2, state="failed"), T0 + 4)
+        assert await source.expire_job_timeouts(T0 + 11) == [deploy]  # c errors by timeout
+        assert await source.record_node_outcome(outcome(81, "x", 3), T0 + 12)  # a report-created job
+        job_ids = [deploy, 81]
+        expected = await job_contents(source, job_ids)
+    finally:
+        await source.close()
+    assert expected["list"][1] == 2 and [j.state for j in expected["jobs"]] == ["failed", "finished"]
+    assert [(n.certname, n.state, n.error_kind) for n in expected["nodes"][0]] == [
+        ("a", "finished", None), ("b", "failed", None), ("c", "errored", "timeout")
+    ]  # fmt: skip
+    assert [e.type for e in expected["events"][0]] == [
+        "node_running", "node_finished", "node_failed", "node_errored", "job_finished"
+    ]  # fmt: skip
+    copied_event_ids = [e.id for events in expected["events"] for e in events]
+    assert copied_event_ids == sorted(copied_event_ids) and len(set(copied_event_ids)) == 7
+
+    result = await asyncio.to_thread(run, "db", "migrate-from-sqlite", str(path), "--to", pg_database)
+    assert result.exit_code == 0, result.output
+    assert "jobs: 2 rows" in result.output and "job_nodes: 4 rows" in result.output
+    assert "job_events: 7 rows" in result.output
+
+    raw = await asyncio.to_thread(sqlite_rows, path)
+    job_tables = {t: rows for t, rows in raw.items() if t.startswith("job")}
+    assert set(job_tables) >= {"jobs", "job_status", "job_nodes", "job_events"}
+    assert all(job_tables.values())  # every jobs table has rows to compare
+    assert await postgres_rows(pg_database, job_tables) == job_tables  # every row, every value
+
+    target = open_storage(pg_database, auto_migrate=False)
+    await target.open()
+    try:
+        assert await job_contents(target, job_ids) == expected  # jobs, nodes, events: ids and order
+        assert await target.expire_job_timeouts(T0 + 100) == []  # the timeout is not applied again
+        # no collision: a new deploy continues above the copied jobs, new events above the copied ones
+        later = await target.create_job(new_job("d"), T0 + 20)
+        assert later == 82
+        assert await target.start_job(later, T0 + 21)
+        assert await target.record_node_outcome(outcome(later, "d", 4), T0 + 22)
+        new_events = await target.job_events(later, 0)
+        assert [e.type for e in new_events] == ["node_finished", "job_finished"]
+        assert min(e.id for e in new_events) > max(copied_event_ids)
+        after = await job_contents(target, job_ids)
+        assert after["list"] == (expected["list"][0] + [await target.get_job(later)], 3)
+        del after["list"], expected["list"]
+        assert after == expected  # the copied jobs are untouched
     finally:
         await target.close()
 
