@@ -458,6 +458,8 @@ def reportd_register_commands(cli: click.Group):
     def schedules_list() -> None:
         """Every schedule, with its last execution and its last send error."""
         rows, _ = _with_context(lambda c: c.storage.list_schedules(ScheduleQuery()))
+        if not rows:
+            click.echo("no schedules (create one with POST /api/v1/reports/schedules)")
         for s in rows:
             click.echo(
                 f"{s.id}  {s.schedule:<8} {s.type:<9} {s.timezone:<20}"

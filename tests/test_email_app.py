@@ -114,11 +114,14 @@ def test_dry_run_prints_the_digest_and_list_shows_errors(tmp_path):
         await storage.fail_schedule_run("d1", 0, "SMTPConnectError: refused", time.time(), give_up=False)
         await storage.close()
 
-    asyncio.run(seed())
-
     def reportd(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "reportd", "--config", str(ini), *args],
                               capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    empty = reportd("schedules", "list")
+    assert empty.returncode == 0, empty.stderr
+    assert empty.stdout == "no schedules (create one with POST /api/v1/reports/schedules)\n"
+    asyncio.run(seed())
 
     dry = reportd("schedules", "run", "d1", "--dry-run")
     assert dry.returncode == 0, dry.stderr
