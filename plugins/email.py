@@ -172,12 +172,7 @@ def _ok(message: str, data: Any = None) -> web.Response:
 
 
 async def _allow(request: web.Request, permission: str):
-    try:
-        return await require_permission(request, permission)
-    except web.HTTPException as error:
-        if error.status == 403:
-            raise json_error(403, FORBIDDEN) from None
-        raise
+    return await require_permission(request, permission, forbidden=lambda _: json_error(403, FORBIDDEN))
 
 
 def _owner(subject: str) -> str:
@@ -276,6 +271,17 @@ async def _json(request: web.Request) -> Any:
         return None
 
 
+async def _attrs(request: web.Request, failure: str, *, partial: bool) -> dict[str, Any]:
+    """The checked schedule fields of a ``{"attrs": {...}}`` body; a 400 saying ``failure`` if bad."""
+    body = await _json(request)
+    if not isinstance(body, dict):
+        raise _error(failure, {"attrs": 'the body must be {"attrs": {...}}'})
+    values, errors = validate_attrs(body.get("attrs"), partial=partial)
+    if errors:
+        raise _error(failure, errors)
+    return values
+
+
 def _int_param(params, name: str, errors: dict[str, str], *, minimum: int | None = None, maximum=None):
     raw = params.get(name)
     if raw is None:
@@ -352,12 +358,7 @@ class SchedulesAPI:
 
     async def create(self, request: web.Request) -> web.Response:
         identity = await _allow(request, EDIT)
-        body = await _json(request)
-        if not isinstance(body, dict):
-            raise _error("Error creating new schedule", {"attrs": 'the body must be {"attrs": {...}}'})
-        values, errors = validate_attrs(body.get("attrs"), partial=False)
-        if errors:
-            raise _error("Error creating new schedule", errors)
+        values = await _attrs(request, "Error creating new schedule", partial=False)
         clock = plugin_state(self.context).clock
         schedule = Schedule(
             id=str(uuid.uuid4()),
@@ -380,12 +381,7 @@ class SchedulesAPI:
 
     async def update(self, request: web.Request) -> web.Response:
         await _allow(request, EDIT)
-        body = await _json(request)
-        if not isinstance(body, dict):
-            raise _error("Error updating schedule", {"attrs": 'the body must be {"attrs": {...}}'})
-        values, errors = validate_attrs(body.get("attrs"), partial=True)
-        if errors:
-            raise _error("Error updating schedule", errors)
+        values = await _attrs(request, "Error updating schedule", partial=True)
         schedule_id = request.match_info["id"]
         updated = await self.storage.update_schedule(schedule_id, values)
         if updated is None:
@@ -497,14 +493,15 @@ def reportd_register_commands(cli: click.Group):
             now = time.time()
             digest = await preview(context.storage, schedule, now)
             settings = context.plugin_settings(NAME)
-            mail = message(digest, SMTPSettings.from_settings(settings).sender, now)
+            smtp = SMTPSettings.from_settings(settings)  # without a from: a DNS lookup, once
+            mail = message(digest, smtp.sender, now)
             if dry_run:
                 return (
                     mail.as_string() if show_html else f"Subject: {digest.subject}\n\n{render_text(digest)}"
                 )
             if not settings["host"]:
                 raise click.ClickException("[plugin:email] host is not set: nothing to send with")
-            await Mailer(SMTPSettings.from_settings(settings)).send(mail)
+            await Mailer(smtp).send(mail)
             return f"sent to {', '.join(schedule.send_to)}: {digest.subject}"
 
         click.echo(_with_context(job))

@@ -22,11 +22,13 @@ __all__ = [
 ]
 
 
-async def require_permission(request, permission: str):
+async def require_permission(request, permission: str, *, forbidden=None):
     """Authenticate ``request`` and raise a 403 unless it has ``permission``.
 
     Returns the caller's :class:`reportd.auth.Identity`. For plugin routes.
+    ``forbidden(permission)``, when given, makes the 403 to raise (an API whose
+    error bodies are not reportd's own).
     """
     from reportd.web import require_permission as _require
 
-    return await _require(request, permission)
+    return await _require(request, permission, forbidden=forbidden)

@@ -28,11 +28,7 @@ T = TypeVar("T")
 
 
 def _load(ctx: click.Context) -> Config:
-    try:
-        config = load_config(ctx.obj["config_path"])
-    except ConfigError as error:
-        raise click.ClickException(str(error)) from None
-    return config.with_overrides(data_dir=ctx.obj["data_dir"])
+    return _load_config(ctx.obj["config_path"], ctx.obj["data_dir"])
 
 
 def _plugin_manager(config: Config):

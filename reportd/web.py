@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -59,10 +60,19 @@ async def identify(request: web.Request) -> Identity:
     return identity
 
 
-async def require_permission(request: web.Request, permission: str) -> Identity:
+async def require_permission(
+    request: web.Request,
+    permission: str,
+    *,
+    forbidden: Callable[[str], web.HTTPException] | None = None,
+) -> Identity:
+    """The caller's identity; a 403 unless it has ``permission`` (``forbidden(permission)``
+    for an API family whose error body is not reportd's own)."""
     identity = await identify(request)
     if not identity.allows(permission):
         log.warning("request_forbidden", path=request.path, subject=identity.subject, missing=permission)
+        if forbidden is not None:
+            raise forbidden(permission)
         raise api_error(403, "Access denied", {"missing_permissions": [permission]})
     return identity
 

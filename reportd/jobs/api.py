@@ -13,7 +13,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import structlog
 from aiohttp import web
 
 from reportd.jobs.tracker import MAX_ID_DIGITS, is_job_id, iso
@@ -25,14 +24,12 @@ from reportd.storage.jobs import (
     NODE_STATES,
     NewJob,
 )
-from reportd.web import BodyTooLarge, identify, json_error, json_response, read_body
+from reportd.web import BodyTooLarge, json_error, json_response, read_body, require_permission
 
 if TYPE_CHECKING:
     from reportd.context import PluginContext
     from reportd.jobs.tracker import Tracker
     from reportd.storage.jobs import JobNodeRecord, JobRecord
-
-log = structlog.get_logger("reportd.jobs.api")
 
 VIEW_JOBS = "view_jobs"
 EDIT_JOBS = "edit_jobs"
@@ -66,17 +63,17 @@ def public_base(request: web.Request) -> str:
     return f"{proto}://{host}"
 
 
+def _not_permitted(permission: str) -> web.HTTPException:
+    return orchestrator_error(
+        403,
+        "not-permitted",
+        f"Permission denied: this request needs the {permission} permission",
+        {"missing_permissions": [permission]},
+    )
+
+
 async def require(request: web.Request, permission: str):
-    identity = await identify(request)
-    if not identity.allows(permission):
-        log.warning("request_forbidden", path=request.path, subject=identity.subject, missing=permission)
-        raise orchestrator_error(
-            403,
-            "not-permitted",
-            f"Permission denied: this request needs the {permission} permission",
-            {"missing_permissions": [permission]},
-        )
-    return identity
+    return await require_permission(request, permission, forbidden=_not_permitted)
 
 
 def _integer(value: str | None, name: str, *, minimum: int = 0) -> int | None:

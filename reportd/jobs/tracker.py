@@ -27,7 +27,6 @@ from reportd.jobs import JobRun, JobRunError
 from reportd.processor import Processor
 from reportd.status import FAILED, change_kind
 from reportd.storage.jobs import (
-    JOB_NEW,
     JOB_RUNNING,
     NODE_FAILED,
     NODE_FINISHED,
@@ -248,8 +247,11 @@ class Tracker:
         while True:
             delay = TIMEOUT_POLL
             try:
-                await self.apply_timeouts()
+                # A read first: most polls find no deadline passed, and need no write.
                 deadline = await self.storage.next_job_deadline()
+                if deadline is not None and deadline <= time.time():
+                    await self.apply_timeouts()
+                    deadline = await self.storage.next_job_deadline()
                 if deadline is not None:
                     delay = min(TIMEOUT_POLL, max(0.0, deadline - time.time()) + 0.005)
             except Exception:
@@ -300,16 +302,15 @@ class Tracker:
         """Start the job's ready nodes, never more than ``concurrency`` in flight."""
         changed = self._changed.setdefault(job_id, asyncio.Event())
         declined: set[str] = set()
+        job: JobRun | None = None
         try:
-            record = await self.storage.get_job(job_id)
-            if record is None or record.state not in (JOB_NEW, JOB_RUNNING):
-                return
-            job = JobRun.from_record(record)
             while True:
                 changed.clear()
                 record = await self.storage.get_job(job_id)
                 if record is None or record.state != JOB_RUNNING:
                     return
+                if job is None:
+                    job = JobRun.from_record(record)
                 nodes = await self.storage.job_nodes(job_id)
                 waiting = [n.certname for n in nodes if n.state == NODE_READY and n.certname not in declined]
                 if not waiting:
