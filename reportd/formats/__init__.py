@@ -9,33 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
+from reportd.formats.decode import json_data
+from reportd.formats.fields import ReportError, as_count, parse_time, plus_seconds
 from reportd.model import Report
 
-
-class ReportError(ValueError):
-    """The body is not a report reportd can accept; the message says why (a 4xx).
-
-    ``field`` and ``problem`` name the offending field for families whose error
-    bodies list fields (Foreman's ``{"errors": {"host": ["can't be blank"]}}``).
-    """
-
-    def __init__(
-        self, message: str, kind: str = "BAD_REPORT", *, field: str | None = None, problem: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.kind = kind
-        self.field = field
-        self.problem = problem or message
-
-    @classmethod
-    def invalid(cls, field: str, problem: str, kind: str = "VALIDATION") -> ReportError:
-        return cls(f"{field}: {problem}", kind, field=field, problem=problem)
+__all__ = [
+    "Envelope",
+    "ReportError",
+    "as_count",
+    "decode_json_object",
+    "parse",
+    "parse_time",
+    "parsers",
+    "plus_seconds",
+    "with_origin",
+]
 
 
 @dataclass(frozen=True)
@@ -98,69 +89,9 @@ def with_origin(report: Report, body: bytes, envelope: Envelope) -> Report:
     return report
 
 
-def as_count(value: Any) -> int | None:
-    """A non-negative integer from an int or a string of ASCII digits, else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        return int(value.strip())
-    return None
-
-
-def plus_seconds(start: datetime, seconds: Any, field_name: str) -> datetime | None:
-    """``start`` plus a run's duration; None without one, a ReportError when absurd."""
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        return None
-    try:
-        return start + timedelta(seconds=seconds)
-    except (OverflowError, ValueError):
-        raise ReportError.invalid(field_name, f"{seconds!r} seconds is out of range") from None
-
-
 def decode_json_object(body: bytes, not_an_object: ReportError) -> dict[str, Any]:
     """A JSON body that must be an object: ``MALFORMED`` when not JSON, else ``not_an_object``."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        raise ReportError(f"malformed JSON: {error}", "MALFORMED") from None
+    data = json_data(body)
     if not isinstance(data, dict):
         raise not_an_object
     return data
-
-
-def parse_time(value: Any, field_name: str) -> tuple[datetime, bool]:
-    """A UTC datetime from any time format real clients send, and whether it had an offset.
-
-    ISO-8601 with or without offset, ``Z``, Ruby's ``Time#to_s``
-    (``2024-05-01 12:00:00 +0200``) and ``2010-11-19 02:39:04 UTC``. A time
-    without an offset is taken as UTC; the caller flags the report.
-    """
-    if type(value) is str:
-        try:
-            parsed = _fromisoformat(value)
-        except ValueError:
-            parsed = _parse_time_slowly(value, field_name)
-    elif isinstance(value, datetime):
-        parsed = value
-    else:
-        raise ReportError(f"{field_name}: expected a time string, got {type(value).__name__}")
-    if parsed.tzinfo is UTC:  # what fromisoformat gives for +00:00 and Z: most agents
-        return parsed, True
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC), False
-    return parsed.astimezone(UTC), True
-
-
-_fromisoformat = datetime.fromisoformat
-
-
-def _parse_time_slowly(value: str, field_name: str) -> datetime:
-    text = value.strip()
-    if text.endswith(" UTC"):
-        text = text[:-4] + "+00:00"
-    try:
-        return _fromisoformat(text)
-    except ValueError:
-        raise ReportError(f"{field_name}: not a time: {value!r}") from None

@@ -11,9 +11,9 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-import orjson
-
-from reportd.formats import Envelope, ReportError, as_count, decode_json_object, parse_time
+from reportd.formats import Envelope, decode_json_object, fields
+from reportd.formats.decode import json_data
+from reportd.formats.fields import ReportError, as_count, parse_time
 from reportd.model import Event, Log, Report, ResourceStatus
 from reportd.status import derive_status
 
@@ -38,7 +38,11 @@ def valid_run_id(value: Any) -> str | None:
 
 
 def parse(body: bytes, envelope: Envelope) -> Report:
-    data = decode(body)
+    return from_data(decode(body), envelope)
+
+
+def from_data(data: dict[str, Any], envelope: Envelope) -> Report:
+    """The report from an already decoded body, of the protocol ``envelope`` names."""
     if envelope.params.get("protocol") == DATA_COLLECTOR:
         return _from_run_converge(data, envelope)
     return _from_end_of_run(data, envelope)
@@ -70,12 +74,11 @@ def _from_end_of_run(data: dict[str, Any], envelope: Envelope) -> Report:
 
     statuses = []
     for index, entry in enumerate(data["resources"]):
-        if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
-            raise ReportError(f"resources[{index}]: expected an object with a type")
+        _check_resource(entry, index)
         statuses.append(
             ResourceStatus(
                 resource_type=entry["type"],
-                title=str(entry.get("name", "")),
+                title=_scalar_text(entry.get("name"), f"resources[{index}].name"),
                 tags=[tag for tag in (entry.get("cookbook_name"),) if isinstance(tag, str)],
                 evaluation_time=_seconds(entry.get("duration")),
                 changed=True,
@@ -83,7 +86,7 @@ def _from_end_of_run(data: dict[str, Any], envelope: Envelope) -> Report:
                 change_count=1,
                 out_of_sync_count=1,
                 # The reporting protocol lists updated resources; `result` is the action taken.
-                events=[_action_event(entry, "success", str(entry.get("delta") or ""), end)],
+                events=[_action_event(entry, "success", _scalar_text(entry.get("delta"), "delta"), end)],
             )
         )
     logs = []
@@ -93,7 +96,7 @@ def _from_end_of_run(data: dict[str, Any], envelope: Envelope) -> Report:
     changed = len(statuses)
     failed = data["status"] == "failure"
     report = Report(
-        certname=envelope.path_certname or "",
+        certname=fields.certname(envelope.path_certname or "", "node"),
         format="chef",
         origin="Chef",
         received_at=envelope.received_at,
@@ -123,6 +126,7 @@ def _from_run_converge(data: dict[str, Any], envelope: Envelope) -> Report:
     node = data.get("node_name")
     if not isinstance(node, str) or not node:
         raise ReportError("node_name: required")
+    node = fields.certname(node.lower(), "node_name")
     run_id = valid_run_id(data.get("run_id"))
     if run_id is None:
         raise ReportError("run_id: not a UUID")
@@ -138,8 +142,7 @@ def _from_run_converge(data: dict[str, Any], envelope: Envelope) -> Report:
     counts = dict.fromkeys(RESOURCE_STATUSES, 0)
     time_by_type: dict[str, float] = {}
     for index, entry in enumerate(resources):
-        if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
-            raise ReportError(f"resources[{index}]: expected an object with a type")
+        _check_resource(entry, index)
         status = entry.get("status")
         if status not in RESOURCE_STATUSES:
             raise ReportError(
@@ -151,9 +154,8 @@ def _from_run_converge(data: dict[str, Any], envelope: Envelope) -> Report:
             time_by_type[entry["type"]] = time_by_type.get(entry["type"], 0.0) + seconds
         statuses.append(_converged_resource(entry, status, seconds, end))
         if status == "failed":
-            logs.append(
-                Log("err", str(entry.get("error_message") or "failed"), statuses[-1].resource, time=end)
-            )
+            message = _scalar_text(entry.get("error_message"), f"resources[{index}].error_message")
+            logs.append(Log("err", message or "failed", statuses[-1].resource, time=end))
     error = data.get("error")
     if isinstance(error, dict):
         logs.append(_exception_log(error, end))
@@ -166,7 +168,7 @@ def _from_run_converge(data: dict[str, Any], envelope: Envelope) -> Report:
         format="chef",
         origin="Chef",
         received_at=envelope.received_at,
-        environment=data.get("policy_group") if isinstance(data.get("policy_group"), str) else None,
+        environment=fields.name(data.get("policy_group"), "policy_group"),
         start_time=start,
         end_time=end,
         transaction_uuid=run_id,
@@ -183,14 +185,14 @@ def _from_run_converge(data: dict[str, Any], envelope: Envelope) -> Report:
         resource_statuses=statuses,
         extra=_extra(
             envelope,
-            organization=data.get("organization_name"),
-            run_list=data.get("run_list"),
-            expanded_run_list=data.get("expanded_run_list"),
-            policy_name=data.get("policy_name"),
-            policy_group=data.get("policy_group"),
-            chef_server_fqdn=data.get("chef_server_fqdn"),
-            source=data.get("source"),
-            entity_uuid=data.get("entity_uuid"),
+            organization=fields.name(data.get("organization_name"), "organization_name"),
+            run_list=fields.plain(data.get("run_list"), "run_list"),
+            expanded_run_list=fields.plain(data.get("expanded_run_list"), "expanded_run_list"),
+            policy_name=fields.name(data.get("policy_name"), "policy_name"),
+            policy_group=fields.name(data.get("policy_group"), "policy_group"),
+            chef_server_fqdn=fields.name(data.get("chef_server_fqdn"), "chef_server_fqdn"),
+            source=fields.name(data.get("source"), "source"),
+            entity_uuid=fields.optional_text(data.get("entity_uuid"), "entity_uuid", fields.MAX_NAME),
         ),
     )  # fmt: skip
     report.status = derive_status(report)
@@ -200,7 +202,9 @@ def _from_run_converge(data: dict[str, Any], envelope: Envelope) -> Report:
 def _converged_resource(entry: dict, status: str, seconds: float | None, end: datetime) -> ResourceStatus:
     events = []
     if status in ("updated", "failed"):
-        message = str(entry.get("error_message") or entry.get("delta") or "")
+        message = _scalar_text(entry.get("error_message"), "error_message") or _scalar_text(
+            entry.get("delta"), "delta"
+        )
         events.append(_action_event(entry, "success" if status == "updated" else "failure", message, end))
     # The Chef status is kept as a tag; `unprocessed` (never reached after a
     # failure) is what Puppet calls skipped.
@@ -210,7 +214,7 @@ def _converged_resource(entry: dict, status: str, seconds: float | None, end: da
     ]
     return ResourceStatus(
         resource_type=entry["type"],
-        title=str(entry.get("name", "")),
+        title=_scalar_text(entry.get("name"), "name"),
         tags=tags,
         evaluation_time=seconds,
         failed=status == "failed",
@@ -225,12 +229,12 @@ def _converged_resource(entry: dict, status: str, seconds: float | None, end: da
 
 def _action_event(entry: dict, status: str, message: str, when: datetime) -> Event:
     """A resource's action as an event: ``result`` is the action taken (create, restart)."""
-    action = str(entry.get("result", ""))
+    action = _scalar_text(entry.get("result"), "result")
     return Event(
         status=status,
         property=action,
-        previous_value=entry.get("before"),
-        desired_value=entry.get("after"),
+        previous_value=fields.plain(entry.get("before"), "before"),
+        desired_value=fields.plain(entry.get("after"), "after"),
         message=message or action,
         name=action,
         time=when,
@@ -238,7 +242,8 @@ def _action_event(entry: dict, status: str, message: str, when: datetime) -> Eve
 
 
 def _exception_log(exception: dict, when: datetime) -> Log:
-    message = f"{exception.get('class', 'Exception')}: {exception.get('message', '')}".strip()
+    kind = _scalar_text(exception.get("class"), "exception.class") or "Exception"
+    message = f"{kind}: {_scalar_text(exception.get('message'), 'exception.message')}".strip()
     return Log("err", message, "Chef", tags=["err"], time=when)
 
 
@@ -251,10 +256,28 @@ def _count(value: Any, name: str) -> int:
 
 def _seconds(duration: Any) -> float | None:
     """Chef durations are milliseconds, as a string."""
-    try:
-        return int(duration) / 1000
-    except (TypeError, ValueError):
-        return None
+    milliseconds = as_count(duration)
+    return None if milliseconds is None else milliseconds / 1000
+
+
+def _scalar_text(value: Any, name: str) -> str:
+    """Chef's names, actions and messages: strings, or numbers read as strings; null is empty."""
+    if value is None:
+        return ""
+    if type(value) is str:
+        return value
+    if type(value) in (int, float, bool):
+        return str(value)
+    raise ReportError.invalid(name, f"must be a string, not {type(value).__name__}")
+
+
+def _check_resource(entry: Any, index: int) -> None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
+        raise ReportError(f"resources[{index}]: expected an object with a type")
+    fields.text(entry["type"], f"resources[{index}].type", fields.MAX_IDENTIFIER)
+    tags = [entry.get("cookbook_name"), entry.get("recipe_name")]
+    if any(tag is not None and type(tag) is not str for tag in tags):
+        raise ReportError.invalid(f"resources[{index}]", "cookbook_name and recipe_name must be strings")
 
 
 def _json_string(value: Any, name: str) -> Any:
@@ -262,9 +285,9 @@ def _json_string(value: Any, name: str) -> Any:
     if not isinstance(value, str):
         return value
     try:
-        return orjson.loads(value)
-    except orjson.JSONDecodeError:
-        raise ReportError(f"{name}: not a JSON-encoded string") from None
+        return fields.plain(json_data(value.encode()), name)
+    except ReportError as error:
+        raise ReportError(f"{name}: not a JSON-encoded string ({error.message})") from None
 
 
 def _extra(envelope: Envelope, **values: Any) -> dict[str, Any]:

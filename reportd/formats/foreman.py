@@ -12,7 +12,8 @@ import re
 from datetime import datetime
 from typing import Any
 
-from reportd.formats import Envelope, ReportError, as_count, decode_json_object, parse_time, plus_seconds
+from reportd.formats import Envelope, decode_json_object, fields
+from reportd.formats.fields import ReportError, as_count, parse_time, plus_seconds
 from reportd.model import Log, Report
 from reportd.status import derive_status
 
@@ -60,12 +61,13 @@ def from_data(document: dict[str, Any], envelope: Envelope) -> Report:
     host = data.get("host")
     if not isinstance(host, str) or not host.strip():
         raise ReportError.invalid("host", "can't be blank")
+    certname = fields.certname(host.strip().lower(), "host")
     reported_at, had_offset = _reported_at(data.get("reported_at"))
     counters = _counters(data.get("status"))
     metrics = _metrics(data.get("metrics"))
     logs = _logs(data.get("logs"))
-    reporter = data.get("reporter")
-    check_mode = data.get("check_mode") is True
+    reporter = fields.optional_text(data.get("reporter"), "reporter", fields.MAX_NAME)
+    check_mode = fields.flag(data.get("check_mode"), "check_mode")
 
     resources = metrics.setdefault("resources", {})
     for counter, key in (("applied", "changed"), ("restarted", "restarted"), ("failed", "failed"),
@@ -82,7 +84,7 @@ def from_data(document: dict[str, Any], envelope: Envelope) -> Report:
     changed = counters["applied"] + counters["restarted"] > 0
     failed = counters["failed"] + counters["failed_restarts"] > 0
     report = Report(
-        certname=host.strip().lower(),
+        certname=certname,
         format="foreman",
         origin=_origin(reporter, logs),
         received_at=envelope.received_at,
@@ -100,7 +102,7 @@ def from_data(document: dict[str, Any], envelope: Envelope) -> Report:
             "reported_at": reported_at.isoformat(),
             "status": counters,
             "status_bits": status_bits(counters),
-            **({"reporter": reporter} if isinstance(reporter, str) else {}),
+            **({"reporter": reporter} if reporter is not None else {}),
             **({"check_mode": check_mode} if "check_mode" in data else {}),
             **{key: value for key, value in envelope.params.items() if value is not None},
         },
@@ -130,7 +132,7 @@ def _counters(value: Any) -> dict[str, int]:
             raise ReportError.invalid("status", f"has an unknown counter {key!r}")
         number = as_count(raw)
         if number is None:
-            raise ReportError.invalid("status", f"{key} must be a non-negative integer")
+            raise ReportError.invalid("status", f"{key} must be a whole number from 0 to {fields.INT64_MAX}")
         counters[key] = number
     return counters
 
@@ -138,23 +140,30 @@ def _counters(value: Any) -> dict[str, int]:
 def _metrics(value: Any) -> dict[str, dict[str, float]]:
     if not isinstance(value, dict):
         raise ReportError.invalid("metrics", "must be a Hash")
+    if len(value) > fields.MAX_METRIC_CATEGORIES:
+        raise ReportError.invalid("metrics", f"has more than {fields.MAX_METRIC_CATEGORIES} categories")
     metrics: dict[str, dict[str, float]] = {}
     for category, entries in value.items():
         if isinstance(entries, dict) and isinstance(entries.get("values"), list):
-            entries = {str(e[0]): e[2] for e in entries["values"] if isinstance(e, list) and len(e) == 3}
+            entries = {e[0]: e[2] for e in entries["values"] if isinstance(e, list) and len(e) == 3}
         if not isinstance(entries, dict):
             raise ReportError.invalid("metrics", f"{category} must be a Hash")
         numbers = {}
         for key, number in entries.items():
-            if isinstance(number, str):
+            if type(number) is str:
+                # Foreman's clients send some figures as strings ("1.23")
                 try:
-                    number = float(number)
+                    number = float(number) if len(number) <= 64 else None
                 except ValueError:
                     number = None
             if isinstance(number, bool) or not isinstance(number, int | float):
                 raise ReportError.invalid("metrics", f"{category}.{key} must be a number")
-            numbers[str(key)] = number
-        metrics[str(category)] = numbers
+            numbers[key] = number
+        category = fields.metric_name(category, "metrics")
+        try:
+            metrics[category] = fields.metric_values(numbers, f"metrics.{category}")
+        except ReportError as error:
+            raise ReportError.invalid("metrics", error.problem) from None
     return metrics
 
 
@@ -175,12 +184,18 @@ def _logs(value: Any) -> list[Log]:
         if not isinstance(messages, dict) or not isinstance(sources, dict):
             raise ReportError.invalid("logs", f"entry {index} needs messages and sources objects")
         message, source = messages.get("message"), sources.get("source")
-        logs.append(Log(level=level, message=_text(message), source=_text(source)))
+        logs.append(Log(level=level, message=_text(message, "message"), source=_text(source, "source")))
     return logs
 
 
-def _text(value: Any) -> str:
-    return "" if value is None else value if isinstance(value, str) else str(value)
+def _text(value: Any, name: str) -> str:
+    if value is None:
+        return ""
+    if type(value) is str:
+        return value
+    if type(value) in (int, float, bool):
+        return str(value)
+    raise ReportError.invalid("logs", f"a {name} must be a string, not {type(value).__name__}")
 
 
 def _origin(reporter: Any, logs: list[Log]) -> str | None:

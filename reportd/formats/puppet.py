@@ -1,42 +1,23 @@
 """Puppet reports, report_format 4 to 12: JSON/PSON (path B) and YAML (path A).
 
 See spec/puppet.md. YAML bodies from Puppet's ``http`` report processor start
-with ``!ruby/object:Puppet::Transaction::Report``; a safe loader with a
-constructor for Ruby object tags reads them as plain mappings.
+with ``!ruby/object:Puppet::Transaction::Report``, read as a plain mapping
+(:mod:`reportd.formats.decode`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
-import yaml
-
-from reportd.formats import Envelope, ReportError, parse_time, plus_seconds
+from reportd.formats import Envelope, fields
+from reportd.formats.decode import json_data, yaml_data
+from reportd.formats.fields import ReportError, parse_time, plus_seconds
 from reportd.model import Event, Log, Report, ResourceStatus
 from reportd.status import derive_status
 
 MIN_FORMAT, MAX_FORMAT = 4, 12
 YAML_TYPES = ("application/x-yaml", "application/yaml", "text/yaml", "text/x-yaml")
-_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class RubyObjectLoader(_BaseLoader):
-    """A safe YAML loader that reads ``!ruby/object:...`` and ``!ruby/sym`` tags as data."""
-
-
-def _ruby_object(loader: yaml.Loader, _suffix: str, node: yaml.Node) -> Any:
-    if isinstance(node, yaml.MappingNode):
-        return loader.construct_mapping(node, deep=True)
-    if isinstance(node, yaml.SequenceNode):
-        return loader.construct_sequence(node, deep=True)
-    return loader.construct_scalar(node)
-
-
-RubyObjectLoader.add_multi_constructor("!ruby/object:", _ruby_object)
-RubyObjectLoader.add_multi_constructor("!ruby/sym", _ruby_object)
-RubyObjectLoader.add_multi_constructor("!ruby/hash:", _ruby_object)
-RubyObjectLoader.add_multi_constructor("!ruby/array:", _ruby_object)
+_invalid = ReportError.invalid
 
 
 def is_yaml(content_type: str, body: bytes) -> bool:
@@ -44,22 +25,10 @@ def is_yaml(content_type: str, body: bytes) -> bool:
 
 
 def decode(body: bytes, content_type: str) -> Any:
-    """The body as Python data; JSON and PSON alike, or YAML."""
+    """The body as data: JSON and PSON alike (PSON lets any bytes into strings), or YAML."""
     if is_yaml(content_type, body):
-        try:
-            return yaml.load(body, Loader=RubyObjectLoader)
-        except yaml.YAMLError as error:
-            raise ReportError(f"malformed YAML: {_first_line(error)}") from None
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as error:
-        # PSON lets any bytes into strings; keep such reports rather than lose them.
-        if "utf-8" not in str(error).lower():
-            raise ReportError(f"malformed JSON: {error}") from None
-    try:
-        return orjson.loads(body.decode("utf-8", "replace"))
-    except orjson.JSONDecodeError as error:
-        raise ReportError(f"malformed JSON: {error}") from None
+        return yaml_data(body)
+    return json_data(body, lenient_utf8=True)
 
 
 def parse(body: bytes, envelope: Envelope) -> Report:
@@ -83,45 +52,40 @@ def from_data(data: Any, envelope: Envelope) -> Report:
     start_time, had_offset = parse_time(data["time"], "time")
     metrics = _metrics(data.get("metrics"))
     total = metrics.get("time", {}).get("total")
-    environment = _optional_str(data, "environment") or envelope.environment
+    get = data.get
     report = Report(
-        certname=host.strip(),
+        certname=fields.certname(host.strip(), "host"),
         format="puppet",
         origin="Puppet",
         received_at=envelope.received_at,
-        environment=environment,
+        environment=fields.name(get("environment"), "environment") or envelope.environment,
         start_time=start_time,
         end_time=plus_seconds(start_time, total, "metrics.time.total"),
-        transaction_uuid=_optional_str(data, "transaction_uuid"),
-        catalog_uuid=_optional_str(data, "catalog_uuid"),
-        code_id=_optional_str(data, "code_id"),
-        job_id=_optional_str(data, "job_id"),
-        configuration_version=_optional_str(data, "configuration_version"),
+        transaction_uuid=fields.uuid_text(get("transaction_uuid"), "transaction_uuid"),
+        catalog_uuid=fields.uuid_text(get("catalog_uuid"), "catalog_uuid"),
+        code_id=fields.identifier(get("code_id"), "code_id"),
+        job_id=fields.identifier(get("job_id"), "job_id", fields.MAX_NAME),
+        configuration_version=fields.identifier(get("configuration_version"), "configuration_version"),
         report_format=report_format,
-        puppet_version=_optional_str(data, "puppet_version"),
-        agent_status=_optional_str(data, "status"),
-        transaction_completed=bool(data.get("transaction_completed", True)),
-        noop=bool(data.get("noop", False)),
-        noop_pending=bool(data.get("noop_pending", False)),
-        corrective_change=bool(data.get("corrective_change", False)),
-        cached_catalog_status=_optional_str(data, "cached_catalog_status"),
-        server_used=_optional_str(data, "server_used") or _optional_str(data, "master_used"),
+        puppet_version=fields.identifier(get("puppet_version"), "puppet_version", fields.MAX_NAME),
+        agent_status=fields.optional_text(get("status"), "status", fields.MAX_NAME),
+        transaction_completed=fields.flag(get("transaction_completed"), "transaction_completed", True),
+        noop=fields.flag(get("noop"), "noop"),
+        noop_pending=fields.flag(get("noop_pending"), "noop_pending"),
+        corrective_change=fields.flag(get("corrective_change"), "corrective_change"),
+        cached_catalog_status=fields.optional_text(
+            get("cached_catalog_status"), "cached_catalog_status", fields.MAX_NAME
+        ),
+        server_used=fields.optional_text(
+            get("server_used") or get("master_used"), "server_used", fields.MAX_NAME
+        ),
         time_without_offset=not had_offset,
         metrics=metrics,
-        logs=_logs(data.get("logs")),
-        resource_statuses=_resource_statuses(data.get("resource_statuses")),
+        logs=_logs(get("logs")),
+        resource_statuses=_resource_statuses(get("resource_statuses")),
     )
     report.status = derive_status(report)
     return report
-
-
-def _optional_str(data: dict, key: str) -> str | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ReportError(f"{key}: expected a string, got {type(value).__name__}")
-    return str(value)
 
 
 def _metrics(value: Any) -> dict[str, dict[str, float]]:
@@ -129,27 +93,22 @@ def _metrics(value: Any) -> dict[str, dict[str, float]]:
         return {}
     if not isinstance(value, dict):
         raise ReportError("metrics: expected an object")
+    if len(value) > fields.MAX_METRIC_CATEGORIES:
+        raise _invalid("metrics", f"has more than {fields.MAX_METRIC_CATEGORIES} categories")
     metrics: dict[str, dict[str, float]] = {}
     for category, metric in value.items():
+        category = fields.metric_name(category, "metrics")
+        where = f"metrics.{category}"
         values = metric.get("values") if isinstance(metric, dict) else None
         if not isinstance(values, list):
-            raise ReportError(f"metrics.{category}: expected an object with a values list")
-        numbers: dict[str, float] = {}
+            raise ReportError(f"{where}: expected an object with a values list")
+        entries = {}
         for entry in values:
-            if (
-                not isinstance(entry, list | tuple)
-                or len(entry) != 3
-                or isinstance(entry[2], bool)
-                or not isinstance(entry[2], int | float)
-            ):
-                raise ReportError(f"metrics.{category}.values: expected [name, label, number] entries")
-            numbers[str(entry[0])] = entry[2]
-        metrics[str(category)] = numbers
+            if not isinstance(entry, list) or len(entry) != 3:
+                raise ReportError(f"{where}.values: expected [name, label, number] entries")
+            entries[fields.metric_name(entry[0], where)] = entry[2]
+        metrics[category] = fields.metric_values(entries, where)
     return metrics
-
-
-def _time_or_none(value: Any, where: str):
-    return None if value is None else parse_time(value, where)[0]
 
 
 def _logs(value: Any) -> list[Log]:
@@ -159,30 +118,45 @@ def _logs(value: Any) -> list[Log]:
         raise ReportError("logs: expected a list")
     logs = []
     for index, entry in enumerate(value):
-        if not isinstance(entry, dict) or not isinstance(entry.get("level"), str):
-            raise ReportError(f"logs[{index}]: expected an object with a level")
-        line = entry.get("line")
+        where = f"logs[{index}]"
+        if not isinstance(entry, dict):
+            raise ReportError(f"{where}: expected an object with a level")
+        get = entry.get
+        line = get("line")
         logs.append(
             Log(
-                level=entry["level"],
-                message=_text(entry.get("message")),
-                source=_text(entry.get("source")),
-                tags=list(entry.get("tags") or ()),
-                time=_time_or_none(entry.get("time"), f"logs[{index}].time"),
-                file=entry.get("file"),
-                line=line if type(line) is int else None,
+                level=fields.text(get("level"), f"{where}.level", fields.MAX_NAME),
+                message=_text(get("message"), f"{where}.message"),
+                source=_text(get("source"), f"{where}.source"),
+                tags=fields.string_list(get("tags"), f"{where}.tags"),
+                time=fields.optional_time(get("time"), f"{where}.time"),
+                file=fields.optional_text(get("file"), f"{where}.file"),
+                line=None if line is None else fields.integer(line, f"{where}.line"),
             )
         )
     return logs
 
 
-def _text(value: Any) -> str:
-    return "" if value is None else value if isinstance(value, str) else str(value)
+def _text(value: Any, where: str) -> str:
+    """A message or source: Puppet writes some as numbers or symbols; null is empty."""
+    if value is None:
+        return ""
+    if type(value) is str:
+        return value
+    if type(value) in (int, float, bool):
+        return str(value)
+    raise _invalid(where, f"must be a string, not {type(value).__name__}")
+
+
+_NUMBER_OR_NONE = (int, float, type(None))
+_INT64_MAX = fields.INT64_MAX
+_join = "".join
 
 
 def _resource_statuses(value: Any) -> list[ResourceStatus]:
     # The hot loop of ingest (tens to thousands of resources per report): plain
-    # lookups, no copies of the decoded lists.
+    # lookups and type checks inline; a field that fails them goes through its
+    # reader for the error message.
     if value is None:
         return []
     if isinstance(value, dict):
@@ -200,33 +174,74 @@ def _resource_statuses(value: Any) -> list[ResourceStatus]:
         resource_type, title = get("resource_type"), get("title")
         if type(resource_type) is not str or title is None:
             resource_type, title = _split_resource(get("resource") or key)
-        line = get("line")
-        evaluation_time = get("evaluation_time")
-        when = get("time")
+        file, line, when = get("file"), get("line"), get("time")
+        evaluation_time, provider = get("evaluation_time"), get("provider_used")
+        containment_path, tags = get("containment_path") or [], get("tags") or []
+        change_count, out_of_sync_count = get("change_count") or 0, get("out_of_sync_count") or 0
         events = get("events")
+        try:
+            valid = (
+                (file is None or type(file) is str)
+                and (line is None or (type(line) is int and 0 <= line <= _INT64_MAX))
+                and type(evaluation_time) in _NUMBER_OR_NONE
+                and (provider is None or type(provider) is str)
+                and type(change_count) is int and 0 <= change_count <= _INT64_MAX
+                and type(out_of_sync_count) is int and 0 <= out_of_sync_count <= _INT64_MAX
+                and len(resource_type) <= fields.MAX_IDENTIFIER
+                # join raises TypeError unless every item is a string: a C-speed check of both lists
+                and type(containment_path) is list and type(tags) is list
+                and (_join(containment_path) or True) and (_join(tags) or True)
+            )  # fmt: skip
+        except TypeError:
+            valid = False
+        if not valid:
+            _refuse_resource_fields(key, entry, resource_type)
         append(
             ResourceStatus(
                 resource_type,
-                title if type(title) is str else str(title),
-                get("file"),
-                line if type(line) is int else None,
-                get("containment_path") or [],
-                get("tags") or [],
+                title if type(title) is str else _title(title, key),
+                file,
+                line,
+                containment_path,
+                tags,
                 None if when is None else parse_time(when, f"resource_statuses[{key}].time")[0],
-                evaluation_time if isinstance(evaluation_time, int | float) else None,
-                get("provider_used"),
+                evaluation_time,
+                provider,
                 get("failed") is True,
                 get("failed_to_restart") is True,
                 get("changed") is True,
                 get("out_of_sync") is True,
                 get("skipped") is True,
-                get("change_count") or 0,
-                get("out_of_sync_count") or 0,
+                change_count,
+                out_of_sync_count,
                 get("corrective_change") is True,
                 _events(events, key) if events else [],
             )
         )
     return statuses
+
+
+def _refuse_resource_fields(key: Any, entry: dict, resource_type: str) -> None:
+    where = f"resource_statuses[{key}]"
+    fields.optional_text(entry.get("file"), f"{where}.file")
+    if entry.get("line") is not None:
+        fields.integer(entry["line"], f"{where}.line", 0)
+    if entry.get("evaluation_time") is not None:
+        fields.number(entry["evaluation_time"], f"{where}.evaluation_time")
+    fields.optional_text(entry.get("provider_used"), f"{where}.provider_used")
+    fields.string_list(entry.get("containment_path"), f"{where}.containment_path")
+    fields.string_list(entry.get("tags"), f"{where}.tags")
+    fields.count(entry.get("change_count") or 0, f"{where}.change_count")
+    fields.count(entry.get("out_of_sync_count") or 0, f"{where}.out_of_sync_count")
+    fields.text(resource_type, f"{where}.resource_type", fields.MAX_IDENTIFIER)
+    raise _invalid(where, "has a field of the wrong type")  # pragma: no cover - a reader raised above
+
+
+def _title(title: Any, key: Any) -> str:
+    # Puppet titles are strings; a number (an integer title in the manifest) reads as one.
+    if type(title) in (int, float):
+        return str(title)
+    raise _invalid(f"resource_statuses[{key}].title", f"must be a string, not {type(title).__name__}")
 
 
 def _split_resource(reference: Any) -> tuple[str, str]:
@@ -237,27 +252,39 @@ def _split_resource(reference: Any) -> tuple[str, str]:
 
 
 def _events(value: Any, key: Any) -> list[Event]:
-    if not value:
-        return []
     if not isinstance(value, list):
         raise ReportError(f"resource_statuses[{key}].events: expected a list")
     events = []
+    where = f"resource_statuses[{key}].events"
+    plain = fields.plain
     for entry in value:
         if not isinstance(entry, dict):
-            raise ReportError(f"resource_statuses[{key}].events: expected objects")
+            raise ReportError(f"{where}: expected objects")
+        get = entry.get
+        prop, message, name, redacted = get("property"), get("message"), get("name"), get("redacted")
+        if not (
+            (prop is None or type(prop) is str)
+            and (message is None or type(message) is str)
+            and (name is None or type(name) is str)
+            and (redacted is None or type(redacted) is bool)
+        ):
+            fields.optional_text(prop, f"{where}.property")
+            fields.optional_text(message, f"{where}.message")
+            fields.optional_text(name, f"{where}.name")
+            fields.flag(redacted, f"{where}.redacted")
         events.append(
             Event(
-                status=_text(entry.get("status")),
-                property=entry.get("property"),
-                previous_value=entry.get("previous_value"),
-                desired_value=entry.get("desired_value"),
-                historical_value=entry.get("historical_value"),
-                message=entry.get("message"),
-                name=entry.get("name"),
-                time=_time_or_none(entry.get("time"), f"resource_statuses[{key}].events.time"),
-                audited=bool(entry.get("audited")),
-                redacted=entry.get("redacted"),
-                corrective_change=bool(entry.get("corrective_change")),
+                status=_text(get("status"), f"{where}.status"),
+                property=prop,
+                previous_value=plain(get("previous_value"), f"{where}.previous_value"),
+                desired_value=plain(get("desired_value"), f"{where}.desired_value"),
+                historical_value=plain(get("historical_value"), f"{where}.historical_value"),
+                message=message,
+                name=name,
+                time=fields.optional_time(get("time"), f"{where}.time"),
+                audited=get("audited") is True,
+                redacted=redacted,
+                corrective_change=get("corrective_change") is True,
             )
         )
     return events
