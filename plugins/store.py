@@ -8,22 +8,24 @@ public plugin API only, as a third-party plugin would be.
 from __future__ import annotations
 
 import base64
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 
-from reportd import PluginContext, Processor, Report, Setting, hookimpl, require_permission
-from reportd.formats import Envelope, ReportError, parse, parse_time
+from reportd import PluginContext, Processor, Report, Setting, hookimpl, query, require_permission
+from reportd.formats import Envelope, ReportError
 from reportd.periodic import drain, every
 from reportd.settings import as_duration, as_positive_int
 from reportd.status import RUN_STATUSES, change_kind, is_stale
 from reportd.storage import ReportQuery, StoredReport
 from reportd.web import api_error, json_response
 
+T = TypeVar("T")
 NAME = "store"
 VIEW = "view_reports"
 MAX_LIMIT = 1000
@@ -166,19 +168,19 @@ class StoreAPI:
         status = params.get("status")
         if status is not None and status not in RUN_STATUSES:
             raise api_error(400, "invalid status", {"status": f"one of {', '.join(RUN_STATUSES)}"})
-        query = ReportQuery(
+        report_query = ReportQuery(
             certname=params.get("certname"),
             status=status,
             environment=params.get("environment"),
-            since=_time_param(params, "since"),
-            until=_time_param(params, "until"),
+            since=_param(params, "since", query.timestamp),
+            until=_param(params, "until", query.timestamp),
             organization=params.get("organization"),
-            organization_id=_int_param(params, "organization_id"),
-            location_id=_int_param(params, "location_id"),
+            organization_id=_param(params, "organization_id", query.integer),
+            location_id=_param(params, "location_id", query.integer),
             limit=limit + 1,
             after=_decode_cursor(params.get("cursor")),
         )
-        rows = await self.context.storage.query_reports(query)
+        rows = await self.context.storage.query_reports(report_query)
         next_url = None
         if len(rows) > limit:
             rows = rows[:limit]
@@ -189,20 +191,24 @@ class StoreAPI:
     async def get_report(self, request: web.Request) -> web.Response:
         await require_permission(request, VIEW)
         try:
-            report_id = int(request.match_info["id"])
+            report_id = query.integer(request.match_info["id"], low=0)
         except ValueError:
-            raise api_error(400, "report id must be an integer") from None
+            raise api_error(400, "report id must be an integer", {"id": "an integer from 0"}) from None
         row = await self.context.storage.get_report(report_id)
         if row is None:
             raise api_error(404, f"no report {report_id}")
         if request.query.get("format") == "raw":
             return web.Response(body=row.body, content_type=row.envelope.get("content_type"))
         try:
-            report = parse(row.body, Envelope.from_dict(dict(row.envelope)))
+            report = await self.context.parse_report(row.body, Envelope.from_dict(dict(row.envelope)))
         except ReportError as error:
             raise api_error(500, f"stored report unreadable: {error.message}") from None
         report.id = row.id
-        return json_response({**self.report_item(request, row), "report": report.to_dict()})
+        # The report is encoded once, off the loop when large, and spliced into the answer.
+        encoded = await self.context.run_large(len(row.body), report.to_json)
+        item = orjson.dumps(self.report_item(request, row))
+        return web.Response(body=b"".join((item[:-1], b',"report":', encoded, b"}")),
+                            content_type="application/json")  # fmt: skip
 
     def node_item(self, request: web.Request, node, now: float) -> dict[str, Any]:
         interval = self.context.config.stale.interval(node.certname, node.environment)
@@ -245,34 +251,19 @@ class StoreAPI:
         return json_response(self.node_item(request, node, time.time()))
 
 
+def _param(params, name: str, read: Callable[[str], T]) -> T | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    try:
+        return read(value)
+    except ValueError as error:
+        raise api_error(400, f"invalid {name}", {name: str(error)}) from None
+
+
 def _limit(params) -> int:
-    try:
-        limit = int(params.get("limit", 100))
-    except ValueError:
-        raise api_error(400, "invalid limit", {"limit": "an integer from 1 to 1000"}) from None
-    if not 1 <= limit <= MAX_LIMIT:
-        raise api_error(400, "invalid limit", {"limit": "an integer from 1 to 1000"})
-    return limit
-
-
-def _int_param(params, name: str) -> int | None:
-    value = params.get(name)
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise api_error(400, f"invalid {name}", {name: "an integer"}) from None
-
-
-def _time_param(params, name: str) -> float | None:
-    value = params.get(name)
-    if value is None:
-        return None
-    try:
-        return parse_time(value, name)[0].timestamp()
-    except ReportError:
-        raise api_error(400, f"invalid {name}", {name: "an ISO-8601 time"}) from None
+    limit = _param(params, "limit", lambda raw: query.integer(raw, low=1, high=MAX_LIMIT))
+    return 100 if limit is None else limit
 
 
 def _encode_cursor(run_time: float, report_id: int) -> str:
@@ -284,6 +275,11 @@ def _decode_cursor(value: str | None) -> tuple[float, int] | None:
         return None
     try:
         run_time, report_id = orjson.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
-        return float(run_time), int(report_id)
-    except (ValueError, TypeError):
+        if type(report_id) is not int or not 0 <= report_id <= query.INT64_MAX:
+            raise ValueError("report id out of range")
+        run_time = float(run_time)
+        if not math.isfinite(run_time):
+            raise ValueError("run time out of range")
+        return run_time, report_id
+    except (ValueError, TypeError, orjson.JSONDecodeError):
         raise api_error(400, "invalid cursor", {"cursor": "as given in a previous next URL"}) from None

@@ -19,6 +19,7 @@ from reportd.dispatch import Dispatcher, RetryPolicy
 from reportd.ingest import setup_ingest_routes
 from reportd.jobs.tracker import NAME as JOBS_CONSUMER
 from reportd.jobs.tracker import Tracker
+from reportd.parsing import ByteBudget, ReportParser
 from reportd.periodic import drain, every
 from reportd.plugin_manager import declared_settings, processor_classes
 from reportd.settings import ConfigError
@@ -26,9 +27,11 @@ from reportd.storage import Storage, open_storage
 from reportd.telemetry import Telemetry
 from reportd.web import (
     AUTHENTICATOR,
+    BODY_BUDGET,
     CONFIG,
     CONTEXT,
     DISPATCHER,
+    PARSER,
     STORAGE,
     TELEMETRY,
     json_response,
@@ -76,7 +79,8 @@ def create_app(
             exclusive=True,
             auto_migrate=config.auto_migrate,
         )
-    context = PluginContext(config, storage, prepared.settings, config.processors, Telemetry())
+    parser = ReportParser(config.parse_workers)
+    context = PluginContext(config, storage, prepared.settings, config.processors, Telemetry(), parser=parser)
     processors = [prepared.processor_classes[name](context) for name in config.processors]
     app = web.Application(client_max_size=config.max_body_size + 1)
     app[CONFIG] = config
@@ -84,6 +88,8 @@ def create_app(
     app[CONTEXT] = context
     app[AUTHENTICATOR] = Authenticator(config, storage.find_token)
     app[TELEMETRY] = context.telemetry
+    app[PARSER] = parser
+    app[BODY_BUDGET] = ByteBudget(config.body_memory)
     # Job tracking is always on: its processor gets only the reports that carry a job_id.
     jobs = Tracker(context, pm)
     app[DISPATCHER] = Dispatcher(
@@ -93,6 +99,8 @@ def create_app(
         timeout=config.processor_timeout,
         telemetry=context.telemetry,
         internal=[jobs.consumer],
+        parser=parser,
+        cache_bytes=config.report_cache,
     )
     app.cleanup_ctx.append(_storage_lifecycle)
     app.cleanup_ctx.append(_make_plugin_lifecycle(pm))
@@ -111,6 +119,7 @@ async def _storage_lifecycle(app: web.Application) -> AsyncIterator[None]:
     await app[STORAGE].open()
     yield
     await app[STORAGE].close()
+    app[PARSER].close()
 
 
 def _make_plugin_lifecycle(pm: pluggy.PluginManager):

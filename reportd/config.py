@@ -62,7 +62,10 @@ CORE_SETTINGS: dict[str, Setting] = {
     "processors": Setting("store, metrics", as_list, "enabled processors, in order"),
     "plugin_paths": Setting("", as_list, "directories of plugin modules"),
     "disabled_plugins": Setting("", as_list, "plugins not to load"),
-    "max_body_size": Setting("64MiB", as_size, "largest accepted request body"),
+    "max_body_size": Setting("16MiB", as_size, "largest accepted request body"),
+    "body_memory": Setting("256MiB", as_size, "request bodies held in memory at once"),
+    "parse_workers": Setting("2", as_positive_int, "large bodies parsed at once, off the event loop"),
+    "report_cache": Setting("64MiB", as_size, "parsed reports kept for processors (by body size)"),
     "log_level": Setting("info", one_of("debug", "info", "warning", "error"), ""),
     "log_format": Setting("auto", one_of("auto", "json", "console"), ""),
     "tls_cert": Setting("", as_path, "server certificate (PEM)"),
@@ -113,6 +116,9 @@ class Config:
     plugin_paths: tuple[str, ...]
     disabled_plugins: tuple[str, ...]
     max_body_size: int
+    body_memory: int
+    parse_workers: int
+    report_cache: int
     log_level: str
     log_format: str
     tls_cert: Path | None

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from reportd.config import Config
+    from reportd.formats import Envelope
+    from reportd.model import Report
+    from reportd.parsing import ReportParser
     from reportd.storage import Storage
     from reportd.telemetry import Telemetry
 
@@ -32,10 +37,25 @@ class PluginContext:
     processors: tuple[str, ...] = ()
     telemetry: Telemetry = field(default_factory=lambda: _new_telemetry())
     state: dict[str, Any] = field(default_factory=dict)
+    parser: ReportParser = field(default_factory=lambda: _new_parser())
+
+    async def parse_report(self, body: bytes, envelope: Envelope) -> Report:
+        """A stored report rebuilt from its body and envelope (off the event loop when large)."""
+        return await self.parser.parse(body, envelope)
+
+    async def run_large(self, size: int, function: Callable[[], T]) -> T:
+        """``function()``, off the event loop when ``size`` (bytes of data it works on) is large."""
+        return await self.parser.run(size, False, function)
 
     def plugin_settings(self, name: str) -> Mapping[str, Any]:
         """The parsed ``[plugin:NAME]`` section, defaults filled in."""
         return self.settings.get(name, {})
+
+
+def _new_parser() -> ReportParser:
+    from reportd.parsing import ReportParser
+
+    return ReportParser(workers=1)
 
 
 def _new_telemetry() -> Telemetry:

@@ -14,13 +14,14 @@ import contextlib
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
 
-from reportd.formats import Envelope, ReportError, parse
+from reportd.formats import Envelope
 from reportd.model import Report
+from reportd.parsing import ReportParser
 from reportd.processor import PermanentError, Processor
 from reportd.storage import Claim, DeliveryFailure, Storage
 from reportd.telemetry import Telemetry
@@ -28,7 +29,11 @@ from reportd.telemetry import Telemetry
 log = structlog.get_logger("reportd.dispatch")
 
 POLL_INTERVAL = 1.0  # also picks up retries made from the CLI
-CACHE_SIZE = 256
+#: Body bytes of the reports handed to one call of ``process_batch``, at most (one report
+#: larger than that goes alone): a batch of large reports rebuilt at once is bounded memory.
+BATCH_BYTES = 32 * 1024 * 1024
+#: Spooled reports read from storage in one query.
+LOAD_CHUNK = 16
 
 
 @dataclass
@@ -63,6 +68,8 @@ class Dispatcher:
         telemetry: Telemetry | None = None,
         clock: Callable[[], float] = time.time,
         internal: Sequence[Processor] = (),
+        parser: ReportParser | None = None,
+        cache_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         """``internal`` processors get only the reports spooled for them by name (see
         :attr:`internal_names`), and are woken only by ``submit(..., internal=True)``."""
@@ -71,7 +78,8 @@ class Dispatcher:
         self._timeout = timeout
         self._clock = clock
         self._telemetry = telemetry or Telemetry()
-        self._cache: OrderedDict[int, Report] = OrderedDict()
+        self._parser = parser or ReportParser(workers=1)
+        self._cache = _ReportCache(cache_bytes)
         self._workers = [_Worker(p) for p in processors]
         self._internal = [_Worker(p) for p in internal]
         self._stopping = False
@@ -96,14 +104,10 @@ class Dispatcher:
         workers stay asleep: a claim is a database write, not to be made per report.
         """
         assert report.id is not None
-        self._cache[report.id] = report
-        while len(self._cache) > CACHE_SIZE:
-            self._cache.popitem(last=False)
-        for worker in self._workers:
+        woken = [*self._workers, *self._internal] if internal else self._workers
+        self._cache.add(report, {w.processor.name for w in woken})
+        for worker in woken:
             worker.wake.set()
-        if internal:
-            for worker in self._internal:
-                worker.wake.set()
 
     async def stop(self, grace: float) -> None:
         """Let running batches end (for at most ``grace`` seconds), then close processors."""
@@ -152,22 +156,31 @@ class Dispatcher:
         return (processor.timeout or self._timeout) * 2 + 30
 
     async def _deliver(self, processor: Processor, claims: list[Claim]) -> None:
-        reports, failures = await self._load([c.report_id for c in claims])
-        started = time.monotonic()
-        if reports:
-            failures.update(await self._call(processor, reports))
-        elapsed = time.monotonic() - started
-        if reports:
-            self._telemetry.processor_seconds.labels(processor.name).observe(elapsed)
-        stats = self.stats[processor.name]
-        stats.batch_seconds += elapsed
-        done = [r.id for r in reports if r.id not in failures]
-        await self._storage.finish(processor.name, done)
-        stats.delivered += len(done)
-        if failures:
-            await self._record_failures(processor, claims, reports, failures)
+        """Hand the claimed reports over in batches of bounded size, then record each outcome."""
+        async for reports, failures in self._batches([c.report_id for c in claims]):
+            started = time.monotonic()
+            if reports:
+                failures.update(await self._call(processor, reports))
+            elapsed = time.monotonic() - started
+            if reports:
+                self._telemetry.processor_seconds.labels(processor.name).observe(elapsed)
+            stats = self.stats[processor.name]
+            stats.batch_seconds += elapsed
+            done = [r.id for r in reports if r.id not in failures]
+            await self._storage.finish(processor.name, done)
+            stats.delivered += len(done)
+            if failures:
+                await self._record_failures(processor, claims, reports, failures)
+            for report in reports:
+                self._cache.delivered(report.id, processor.name)
+            for report_id in failures:
+                self._cache.delivered(report_id, processor.name)
 
     async def _call(self, processor: Processor, reports: list[Report]) -> dict[int, BaseException]:
+        """The failures of one batch. When the batch as a whole raises, its halves are
+        tried apart (down to single reports), so one report a processor cannot take
+        fails alone and the others are delivered. A timeout fails the whole batch: a
+        processor that hangs is not asked again and again within one delivery."""
         timeout = processor.timeout or self._timeout
         try:
             result = await asyncio.wait_for(processor.process_batch(reports), timeout)
@@ -175,7 +188,15 @@ class Dispatcher:
             error = TimeoutError(f"processor took longer than {timeout:g}s")
             return dict.fromkeys((r.id for r in reports), error)
         except Exception as error:
-            return dict.fromkeys((r.id for r in reports), error)
+            if len(reports) == 1:
+                return {reports[0].id: error}
+            middle = len(reports) // 2
+            log.info(
+                "processor_batch_split", processor=processor.name, reports=len(reports), error=str(error)
+            )
+            failures = await self._call(processor, reports[:middle])
+            failures.update(await self._call(processor, reports[middle:]))
+            return failures
         return dict(result or {})
 
     async def _record_failures(
@@ -196,7 +217,7 @@ class Dispatcher:
             attempts = claim.attempts + 1
             dead = isinstance(error, PermanentError) or attempts >= self._retry.max_attempts
             delay = self._retry.delay(attempts)
-            message = f"{type(error).__name__}: {error}"
+            message = f"{type(error).__name__}: {error}".replace("\x00", "")
             rows.append(DeliveryFailure(claim.report_id, attempts, message, now + delay, dead))
             stats.failures += 1
             stats.dead_letters += dead
@@ -212,25 +233,80 @@ class Dispatcher:
             )
         await self._storage.fail(processor.name, rows)
 
-    async def _load(self, ids: list[int]) -> tuple[list[Report], dict[int, BaseException]]:
-        reports = [self._cache[i] for i in ids if i in self._cache]
-        missing = [i for i in ids if i not in self._cache]
+    async def _batches(self, ids: list[int]) -> AsyncIterator[tuple[list[Report], dict[int, BaseException]]]:
+        """The reports of ``ids`` in id order, from the cache or rebuilt from the spool, in
+        batches of at most :data:`BATCH_BYTES` of bodies; a report that cannot be rebuilt
+        is a failure of its own (permanent: retrying cannot change a spooled body)."""
+        batch: list[Report] = []
         failures: dict[int, BaseException] = {}
-        if missing:
-            found = set()
-            for spooled in await self._storage.load_spooled(missing):
-                found.add(spooled.report_id)
-                try:
-                    report = parse(spooled.body, Envelope.from_dict(dict(spooled.envelope)))
-                except ReportError as error:
-                    failures[spooled.report_id] = PermanentError(f"spooled report unreadable: {error}")
-                    continue
-                report.id = spooled.report_id
-                reports.append(report)
-            for report_id in set(missing) - found:
-                failures[report_id] = PermanentError("spooled report body is gone")
-        reports.sort(key=lambda r: r.id)
-        return reports, failures
+        size = 0
+        for start in range(0, len(ids), LOAD_CHUNK):
+            chunk = sorted(ids[start : start + LOAD_CHUNK])
+            cached = {i: r for i in chunk if (r := self._cache.get(i)) is not None}
+            missing = [i for i in chunk if i not in cached]
+            spooled = {s.report_id: s for s in await self._storage.load_spooled(missing)} if missing else {}
+            for report_id in chunk:
+                report = cached.get(report_id)
+                if report is None:
+                    report = await self._rebuild(report_id, spooled.get(report_id), failures)
+                    spooled.pop(report_id, None)  # its body is in the report now, or failed
+                    if report is None:
+                        continue
+                if batch and size + len(report.raw) > BATCH_BYTES:
+                    yield batch, failures
+                    batch, failures, size = [], {}, 0
+                batch.append(report)
+                size += len(report.raw)
+        if batch or failures:
+            yield batch, failures
+
+    async def _rebuild(self, report_id: int, spooled, failures: dict[int, BaseException]) -> Report | None:
+        if spooled is None:
+            failures[report_id] = PermanentError("spooled report body is gone")
+            return None
+        try:
+            report = await self._parser.parse(spooled.body, Envelope.from_dict(dict(spooled.envelope)))
+        except Exception as error:  # whatever the parser does, it fails this report alone
+            failures[report_id] = PermanentError(f"spooled report unreadable: {error}")
+            return None
+        report.id = report_id
+        return report
+
+
+class _ReportCache:
+    """Accepted reports kept parsed until every processor woken for them has had them.
+
+    Bounded by the size of their bodies; the oldest go first, and are rebuilt
+    from the spool if a processor still needs them.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._size = 0
+        self._reports: OrderedDict[int, tuple[Report, set[str]]] = OrderedDict()
+
+    def add(self, report: Report, processors: set[str]) -> None:
+        assert report.id is not None
+        if not processors or len(report.raw) > self._max_bytes:
+            return
+        self._reports[report.id] = (report, set(processors))
+        self._size += len(report.raw)
+        while self._size > self._max_bytes:
+            _, (evicted, _) = self._reports.popitem(last=False)
+            self._size -= len(evicted.raw)
+
+    def get(self, report_id: int) -> Report | None:
+        entry = self._reports.get(report_id)
+        return entry[0] if entry else None
+
+    def delivered(self, report_id: int, processor: str) -> None:
+        entry = self._reports.get(report_id)
+        if entry is None:
+            return
+        entry[1].discard(processor)
+        if not entry[1]:
+            del self._reports[report_id]
+            self._size -= len(entry[0].raw)
 
 
 class _Worker:

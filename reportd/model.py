@@ -7,7 +7,7 @@ wire names wherever one exists. Times are timezone-aware UTC datetimes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -124,11 +124,17 @@ class Report:
 
     def to_dict(self, *, include_raw: bool = False) -> dict[str, Any]:
         """The JSON-ready form served by the API (``raw`` left out unless asked)."""
-        data = orjson.loads(orjson.dumps(self, default=_encode_extra))
-        data.pop("raw")
+        data = orjson.loads(self.to_json())
         if include_raw:
             data["raw"] = self.raw.decode("utf-8", "replace")
         return data
+
+    def to_json(self) -> bytes:
+        """:meth:`to_dict` encoded, without ``raw``; its parts are encoded natively by orjson."""
+        return orjson.dumps({name: getattr(self, name) for name in _SERVED_FIELDS}, default=_encode_extra)
+
+
+_SERVED_FIELDS = tuple(f.name for f in fields(Report) if f.name != "raw")
 
 
 def _encode_extra(value: Any) -> Any:

@@ -12,7 +12,7 @@ from aiohttp import web
 from reportd.auth import Authenticator, Identity
 
 if TYPE_CHECKING:
-    pass
+    from reportd.parsing import Share
 
 CONFIG = web.AppKey("config", "Config")
 STORAGE = web.AppKey("storage", "Storage")
@@ -20,6 +20,8 @@ CONTEXT = web.AppKey("context", "PluginContext")
 DISPATCHER = web.AppKey("dispatcher", "Dispatcher")
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 TELEMETRY = web.AppKey("telemetry", "Telemetry")
+PARSER = web.AppKey("parser", "ReportParser")
+BODY_BUDGET = web.AppKey("body_budget", "ByteBudget")
 # aiohttp >= 3.14 warns about plain string keys in request storage.
 IDENTITY = web.RequestKey("identity", Identity) if hasattr(web, "RequestKey") else "identity"
 
@@ -32,9 +34,11 @@ def json_response(data: Any, status: int = 200, headers: dict | None = None) -> 
     )
 
 
-def json_error(status: int, body: Any) -> web.HTTPException:
+def json_error(status: int, body: Any, headers: dict[str, str] | None = None) -> web.HTTPException:
     """An exception carrying a JSON error body, for ``raise`` anywhere in a handler."""
-    error = web.HTTPException(text=orjson.dumps(body).decode(), content_type="application/json")
+    error = web.HTTPException(
+        text=orjson.dumps(body).decode(), content_type="application/json", headers=headers
+    )
     error.set_status(status)
     return error
 
@@ -47,9 +51,11 @@ def api_error(status: int, message: str, details: dict | None = None) -> web.HTT
     return json_error(status, {"error": error})
 
 
-def puppet_error(status: int, message: str, kind: str) -> web.HTTPException:
+def puppet_error(
+    status: int, message: str, kind: str, headers: dict[str, str] | None = None
+) -> web.HTTPException:
     """puppetserver's error body; the agent logs ``message``."""
-    return json_error(status, {"message": message, "issue_kind": kind})
+    return json_error(status, {"message": message, "issue_kind": kind}, headers)
 
 
 async def identify(request: web.Request) -> Identity:
@@ -81,16 +87,26 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body (already gunzipped by aiohttp), refusing more than ``limit`` bytes."""
-    if request.content_length is not None and request.content_length > limit:
+async def read_body(request: web.Request, limit: int, share: Share | None = None) -> bytes:
+    """The request body (already gunzipped by aiohttp), refusing more than ``limit`` bytes.
+
+    With a ``share`` of the body budget, the share grows (waiting if need be)
+    before the body does.
+    """
+    if request.content_length is not None and request.content_length > limit and not _encoded(request):
         raise BodyTooLarge
     chunks = bytearray()
     async for chunk in request.content.iter_chunked(256 * 1024):
-        chunks += chunk
-        if len(chunks) > limit:
+        if len(chunks) + len(chunk) > limit:
             raise BodyTooLarge
+        if share is not None and len(chunks) + len(chunk) > share.size:
+            await share.grow_to(max(2 * share.size, len(chunks) + len(chunk)))
+        chunks += chunk
     return bytes(chunks)
+
+
+def _encoded(request: web.Request) -> bool:
+    return request.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
 
 
 def base_url(request: web.Request) -> str:

@@ -8,15 +8,17 @@ body, also for a duplicate ``reported_at``.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
 from reportd.auth import UPLOAD
 from reportd.formats import Envelope, ReportError, as_count, foreman, with_origin
-from reportd.ingest import accept_report, log_accepted, log_rejected, read_report_body
-from reportd.model import utcnow
-from reportd.web import CONFIG, identify, json_error, json_response
+from reportd.ingest import Refusal, accept_report, log_accepted, refusals, request_body
+from reportd.model import Report, utcnow
+from reportd.web import PARSER, identify, json_error, json_response
 
 PATHS = ("/api/reports", "/api/v2/reports", "/api/config_reports", "/api/v2/config_reports")
 SCOPE_PARAMETERS = ("location_id", "organization_id")
@@ -36,64 +38,69 @@ def _validation_error(field: str, problem: str) -> web.HTTPException:
     return json_error(422, body)
 
 
-def _message_error(status: int, message: str) -> web.HTTPException:
-    return json_error(status, {"error": {"message": message}})
+def _render(refusal: Refusal) -> web.HTTPException:
+    if refusal.status == 400 and refusal.kind != "MALFORMED" and refusal.reason == "validation":
+        return _validation_error(refusal.field or "report", refusal.problem)
+    if refusal.status == 403 and refusal.kind == "MISSING_PERMISSION":
+        return json_error(403, FORBIDDEN)
+    error: dict[str, Any] = {"message": refusal.message}
+    if refusal.status == 403:
+        error = {"message": "Access denied", "details": refusal.message}
+    return json_error(refusal.status, {"error": error}, refusal.headers)
 
 
-def _scope_ids(request: web.Request, document: dict[str, Any]) -> dict[str, int | None]:
+def _scope_ids(query: Mapping[str, str], document: dict[str, Any]) -> dict[str, int | None]:
     ids: dict[str, int | None] = {}
     for name in SCOPE_PARAMETERS:
-        value = request.query.get(name, document.get(name))
+        value = query.get(name, document.get(name))
         if value is None or value == "":
             ids[name] = None
             continue
-        number = as_count(value if isinstance(value, int) else str(value))
+        number = as_count(value if type(value) is int else str(value))
         if number is None:
-            raise _validation_error(name, "must be an Integer")
+            raise ReportError.invalid(name, "must be an Integer")
         ids[name] = number
     return ids
 
 
+def parse_upload(body: bytes, query: Mapping[str, str], received_at: datetime) -> tuple[Report, Envelope]:
+    """The report of one upload and how it arrived; the scope ids come from the query, else the body."""
+    document = foreman.decode(body)
+    envelope = Envelope(
+        format="foreman",
+        content_type="application/json",
+        received_at=received_at,
+        params=_scope_ids(query, document),
+    )
+    return with_origin(foreman.from_data(document, envelope), body, envelope), envelope
+
+
 async def post_config_report(request: web.Request) -> web.Response:
     started = time.perf_counter()
-    identity = await identify(request)
-    if not identity.allows(UPLOAD):
-        log_rejected(request, "auth", "missing upload_config_reports", subject=identity.subject)
-        raise json_error(403, FORBIDDEN)
-    if request.content_type != "application/json":
-        log_rejected(request, "validation", f"content type {request.content_type}")
-        given = request.headers.get("Content-Type", "")
-        raise _message_error(
-            415,
-            f"Media type in 'Content-Type: {given}' is unsupported in API v2 for POST and PUT requests."
-            " Please use 'Content-Type: application/json'.",
-        )
-    body = await read_report_body(request)
-    if body is None:
-        raise _message_error(413, f"Report body exceeds {request.app[CONFIG].max_body_size} bytes")
-    try:
-        document = foreman.decode(body)
-        envelope = Envelope(
-            format="foreman",
-            content_type="application/json",
-            received_at=utcnow(),
-            params=_scope_ids(request, document),
-        )
-        report = with_origin(foreman.from_data(document, envelope), body, envelope)
-    except ReportError as error:
-        log_rejected(request, "parse" if error.kind == "MALFORMED" else "validation", error.message)
-        if error.kind == "MALFORMED":
-            raise _message_error(400, error.message) from None
-        raise _validation_error(error.field or "report", error.problem) from None
-    if not identity.may_upload_for(report.certname):
-        log_rejected(request, "auth", "certificate of another node", certname=report.certname)
-        raise json_error(
-            403,
-            {"error": {"message": "Access denied",
-                       "details": f"{identity.subject} may not upload reports for {report.certname}"}},
-        )  # fmt: skip
-
-    accepted = await accept_report(request.app, report, envelope)
+    async with refusals(request, _render):
+        identity = await identify(request)
+        if not identity.allows(UPLOAD):
+            raise Refusal(403, "missing upload_config_reports", reason="auth", kind="MISSING_PERMISSION")
+        if request.content_type != "application/json":
+            given = request.headers.get("Content-Type", "")
+            raise Refusal(
+                415,
+                f"Media type in 'Content-Type: {given[:100]}' is unsupported in API v2 for POST and PUT"
+                " requests. Please use 'Content-Type: application/json'.",
+                reason="validation",
+            )
+        async with request_body(request) as body:
+            try:
+                report, envelope = await request.app[PARSER].run(
+                    len(body), False, parse_upload, body, dict(request.query), utcnow()
+                )
+            except ReportError as error:
+                raise Refusal.of(error) from None
+            if not identity.may_upload_for(report.certname):
+                raise Refusal(
+                    403, f"{identity.subject} may not upload reports for {report.certname}", reason="auth"
+                )
+            accepted = await accept_report(request.app, report, envelope)
     log_accepted(request, report, accepted, len(body), started)
     if accepted.duplicate:
         # Foreman's uniqueness validation of reported_at per host; the report is stored once.

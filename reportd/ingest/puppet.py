@@ -9,59 +9,69 @@ import time
 from aiohttp import web
 
 from reportd.auth import UPLOAD
-from reportd.formats import Envelope, ReportError, parse
-from reportd.ingest import accept_report, log_accepted, log_rejected, read_report_body
+from reportd.formats import Envelope, fields
+from reportd.formats.fields import ReportError
+from reportd.ingest import (
+    Refusal,
+    accept_report,
+    check_certname,
+    log_accepted,
+    parse_report,
+    refusals,
+    request_body,
+)
 from reportd.model import utcnow
-from reportd.web import CONFIG, DISPATCHER, identify, json_response, puppet_error
+from reportd.web import DISPATCHER, identify, json_response, puppet_error
+
+
+def _render(refusal: Refusal) -> web.HTTPException:
+    return puppet_error(refusal.status, refusal.message, refusal.kind, refusal.headers)
 
 
 async def _puppet_ingest(request: web.Request, path_certname: str | None) -> web.Response:
     started = time.perf_counter()
-    config = request.app[CONFIG]
-    identity = await identify(request)
-    if not identity.allows(UPLOAD) or (
-        path_certname is not None and not identity.may_upload_for(path_certname)
-    ):
-        log_rejected(request, "auth", "forbidden", certname=path_certname, subject=identity.subject)
-        raise _forbidden(request)
-    environment = request.query.get("environment")
-    if path_certname is not None and not environment:
-        log_rejected(request, "validation", "missing environment", certname=path_certname)
-        raise puppet_error(400, "The environment query parameter is required", "BAD_REQUEST")
-    body = await read_report_body(request)
-    if body is None:
-        raise puppet_error(413, f"Report body exceeds {config.max_body_size} bytes", "REQUEST_TOO_LARGE")
-    envelope = Envelope(
-        format="puppet",
-        content_type=request.content_type,
-        received_at=utcnow(),
-        path_certname=path_certname,
-        environment=environment,
-    )
-    try:
-        report = parse(body, envelope)
-    except ReportError as error:
-        log_rejected(request, "parse", error.message, certname=path_certname)
-        raise puppet_error(400, f"Could not parse report: {error.message}", error.kind) from None
-    if path_certname is not None and report.certname != path_certname:
-        message = f"Report host {report.certname!r} does not match node {path_certname!r}"
-        log_rejected(request, "validation", message, certname=path_certname)
-        raise puppet_error(400, message, "REPORT_HOST_MISMATCH")
-    if not identity.may_upload_for(report.certname):
-        log_rejected(request, "auth", "forbidden", certname=report.certname)
-        raise _forbidden(request)
-
-    accepted = await accept_report(request.app, report, envelope)
+    async with refusals(request, _render, certname=path_certname):
+        if path_certname is not None:
+            check_certname(path_certname, "Node name")
+        identity = await identify(request)
+        # Decided from the URL and the certificate, before the body is read.
+        if not identity.allows(UPLOAD) or (
+            path_certname is not None and not identity.may_upload_for(path_certname)
+        ):
+            raise _forbidden(request, identity.subject)
+        environment = request.query.get("environment")
+        if path_certname is not None and not environment:
+            raise Refusal(400, "The environment query parameter is required", reason="validation")
+        try:
+            fields.name(environment, "environment")
+        except ReportError as error:
+            raise Refusal.of(error) from None
+        async with request_body(request) as body:
+            envelope = Envelope(
+                format="puppet",
+                content_type=request.content_type,
+                received_at=utcnow(),
+                path_certname=path_certname,
+                environment=environment,
+            )
+            report = await parse_report(request, body, envelope, "Could not parse report: ")
+            if path_certname is not None and report.certname != path_certname:
+                message = f"Report host {report.certname!r} does not match node {path_certname!r}"
+                raise Refusal(400, message, reason="validation", kind="REPORT_HOST_MISMATCH")
+            if not identity.may_upload_for(report.certname):
+                raise _forbidden(request, identity.subject)
+            accepted = await accept_report(request.app, report, envelope)
     log_accepted(request, report, accepted, len(body), started)
     # Puppet agents require a JSON array: puppetserver answers the processor names.
     return json_response(request.app[DISPATCHER].processor_names)
 
 
-def _forbidden(request: web.Request) -> web.HTTPException:
-    return puppet_error(
+def _forbidden(request: web.Request, subject: str) -> Refusal:
+    return Refusal(
         403,
         f"Forbidden request: {request.path} (method {request.method})",
-        "FORBIDDEN",
+        reason="auth",
+        kind="FORBIDDEN",
     )
 
 

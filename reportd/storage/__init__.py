@@ -17,6 +17,7 @@ seconds (floats) at this boundary.
 from __future__ import annotations
 
 import abc
+import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,6 +138,26 @@ class ReportQuery:
     location_id: int | None = None
     limit: int = 100
     after: tuple[float, int] | None = None  # keyset cursor: (run_time, id) of the last row seen
+
+
+def unavailable_errors() -> tuple[type[BaseException], ...]:
+    """What a backend raises when the database cannot do its part right now.
+
+    A full disk, a database that is down or refuses connections, a lost
+    connection: the caller answers 503 rather than 500 (nothing was stored).
+    """
+    errors: list[type[BaseException]] = [OSError, sqlite3.Error, StorageUnavailable]
+    try:
+        import asyncpg
+    except ImportError:  # pragma: no cover - asyncpg is a dependency
+        pass
+    else:
+        errors += [asyncpg.PostgresError, asyncpg.InterfaceError]
+    return tuple(errors)
+
+
+class StorageUnavailable(RuntimeError):
+    """The storage cannot serve requests (its writer stopped, its database is unreachable)."""
 
 
 class SchemaError(RuntimeError):
