@@ -39,7 +39,7 @@ from reportd_plugins.email_scheduler import (
     preview,
 )
 
-from reportd import PluginContext, Setting, hookimpl, require_permission
+from reportd import PluginContext, Setting, hookimpl, query, require_permission
 from reportd.settings import as_duration, as_path, as_positive_int, as_str, one_of
 from reportd.storage import SchemaError
 from reportd.storage.schedules import EDITABLE, Schedule, ScheduleQuery
@@ -49,6 +49,7 @@ NAME = "email"
 VIEW, EDIT = "view_schedules", "edit_schedules"
 TYPES = ("generic", "failures")
 SEND_VIA = ("email",)
+MAX_PAGE = 1_000_000_000  # page x page_size must stay an offset the database takes
 MAX_PAGE_SIZE = 1000
 MAX_NAME = 200
 READ_ONLY = ("id", "scheduled_at", "scheduled_by", "start_timestamp", "end_timestamp")
@@ -287,7 +288,7 @@ def _int_param(params, name: str, errors: dict[str, str], *, minimum: int | None
     if raw is None:
         return None
     try:
-        value = int(raw)
+        value = query.integer(raw)  # 64-bit: a larger number is no valid page, time or size either
     except ValueError:
         errors[name] = "an integer"
         return None
@@ -319,6 +320,8 @@ class SchedulesAPI:
                 if key not in params:
                     errors[key] = "required when paginate is true"
             page = _int_param(params, "page", errors, minimum=1)
+            if page is not None and page > MAX_PAGE:
+                errors["page"] = f"an integer from 1 to {MAX_PAGE}"
             page_size = _int_param(params, "page_size", errors, minimum=1, maximum=MAX_PAGE_SIZE)
         start = _int_param(params, "scheduled_at_start", errors)
         # The seed's name is scheduled_by_end; scheduled_at_end is accepted as well.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import math
 import multiprocessing
 import sys
 import time
@@ -152,8 +153,18 @@ def render_payloads(payloads: list[tuple], categories: Sequence[str]) -> list[di
 
 
 def _compact(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
-    # Thousands of nodes share a few dozen metric names: one copy of each.
-    return {sys.intern(c): {sys.intern(k): v for k, v in values.items()} for c, values in metrics.items()}
+    # Thousands of nodes share a few dozen metric names: one copy of each. Only finite
+    # numbers: a store written before ingest refused NaN may still hold one (as null),
+    # and one such value must not fail every scrape.
+    return {
+        sys.intern(category): {
+            sys.intern(key): value
+            for key, value in values.items()
+            if type(value) in (int, float) and math.isfinite(value)
+        }
+        for category, values in metrics.items()
+        if isinstance(values, Mapping)
+    }
 
 
 def _gauge(name: str, labels: list[str], value: float) -> GaugeMetricFamily:

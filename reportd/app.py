@@ -23,7 +23,7 @@ from reportd.parsing import ByteBudget, ReportParser
 from reportd.periodic import drain, every
 from reportd.plugin_manager import declared_settings, processor_classes
 from reportd.settings import ConfigError
-from reportd.storage import Storage, open_storage
+from reportd.storage import Storage, open_storage, unavailable_errors
 from reportd.telemetry import Telemetry
 from reportd.web import (
     AUTHENTICATOR,
@@ -34,6 +34,7 @@ from reportd.web import (
     PARSER,
     STORAGE,
     TELEMETRY,
+    api_error,
     json_response,
     require_permission,
 )
@@ -82,7 +83,7 @@ def create_app(
     parser = ReportParser(config.parse_workers)
     context = PluginContext(config, storage, prepared.settings, config.processors, Telemetry(), parser=parser)
     processors = [prepared.processor_classes[name](context) for name in config.processors]
-    app = web.Application(client_max_size=config.max_body_size + 1)
+    app = web.Application(client_max_size=config.max_body_size + 1, middlewares=[_error_answers])
     app[CONFIG] = config
     app[STORAGE] = storage
     app[CONTEXT] = context
@@ -113,6 +114,24 @@ def create_app(
     jobs.add_routes(app)
     pm.hook.reportd_add_routes(app=app, context=context)
     return app
+
+
+@web.middleware
+async def _error_answers(request: web.Request, handler) -> web.StreamResponse:
+    """Whatever a handler (a plugin's included) fails with, the client gets a JSON answer:
+    a 503 with Retry-After when the storage is unavailable, else a 500; the log has why."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except unavailable_errors() as error:
+        log.error("storage_unavailable", path=request.path, error=f"{type(error).__name__}: {error}")
+        raise api_error(
+            503, "the storage is unavailable; try again later", headers={"Retry-After": "30"}
+        ) from None
+    except Exception:
+        log.exception("request_failed", method=request.method, path=request.path)
+        raise api_error(500, "internal error (reportd logged it)") from None
 
 
 async def _storage_lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -181,4 +200,8 @@ async def get_queue(request: web.Request) -> web.Response:
 
 
 async def get_health(request: web.Request) -> web.Response:
+    """200 while reportd can take reports; 503 with the reason when its storage cannot."""
+    reason = await request.app[STORAGE].health()
+    if reason is not None:
+        return json_response({"status": "unhealthy", "reason": reason}, status=503)
     return json_response({"status": "ok"})

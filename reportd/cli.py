@@ -156,9 +156,11 @@ def serve(ctx: click.Context, listen: str | None, data_dir: Path | None) -> None
         raise click.BadParameter(str(error), param_hint="--listen") from None
     configure_logging(config.log_level, config.log_format)
     pm = _plugin_manager(config)
+    from reportd.storage import unavailable_errors
+
     try:
         asyncio.run(run_server(config, pm))
-    except (ConfigError, RuntimeError) as error:
+    except (ConfigError, RuntimeError, *unavailable_errors()) as error:
         raise click.ClickException(str(error)) from None
 
 
@@ -364,13 +366,56 @@ def queue(ctx: click.Context) -> None:
 
 @queue.command("retry")
 @click.option("--processor", help="only this processor's dead letters")
+@click.option(
+    "--wait",
+    "wait_seconds",
+    default="15s",
+    show_default=True,
+    help="how long to wait for the daemon's next attempt at each (0: do not wait)",
+)
 @click.argument("report_ids", nargs=-1, type=int)
 @click.pass_context
-def queue_retry(ctx: click.Context, processor: str | None, report_ids: tuple[int, ...]) -> None:
-    """Make dead deliveries pending again (all, or the report ids given)."""
+def queue_retry(
+    ctx: click.Context, processor: str | None, wait_seconds: str, report_ids: tuple[int, ...]
+) -> None:
+    """Make dead deliveries pending again (all, or the report ids given), then say how
+    the daemon's next attempt went: delivered, or failed again (exit status 1)."""
+    from reportd.settings import as_duration
+
+    try:
+        wait = as_duration(wait_seconds)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--wait") from None
     config = _load(ctx)
-    count = _with_storage(config, lambda s: s.retry(processor, list(report_ids) or None, time.time()))
+    ids = list(report_ids) or None
+
+    async def job(storage: Storage) -> tuple[int, list]:
+        letters = [
+            (d.processor, d.report_id)
+            for d in await storage.dead_letters(processor, 1_000_000)
+            if ids is None or d.report_id in ids
+        ]
+        count = await storage.retry(processor, ids, time.time())
+        if not count or not wait:
+            return count, []
+        deadline = time.monotonic() + wait
+        while True:
+            states = await storage.delivery_states(letters)
+            unattempted = [s for s in states if s.state == "pending" and s.attempts == 0]
+            if not unattempted or time.monotonic() >= deadline:
+                return count, states
+            await asyncio.sleep(0.2)
+
+    count, states = _with_storage(config, job)
     click.echo(f"{count} deliveries queued again")
+    failed = [s for s in states if s.attempts > 0 or s.state == "dead"]
+    waiting = [s for s in states if s.state == "pending" and s.attempts == 0]
+    for state in failed:
+        click.echo(f"{state.processor} report {state.report_id}: failed again: {state.last_error}")
+    if waiting:
+        click.echo(f"{len(waiting)} not attempted yet: the daemon delivers them when it runs")
+    if failed:
+        sys.exit(1)
 
 
 @cli.command()

@@ -43,12 +43,14 @@ def json_error(status: int, body: Any, headers: dict[str, str] | None = None) ->
     return error
 
 
-def api_error(status: int, message: str, details: dict | None = None) -> web.HTTPException:
+def api_error(
+    status: int, message: str, details: dict | None = None, headers: dict[str, str] | None = None
+) -> web.HTTPException:
     """reportd's own API family: ``{"error": {"message", "details"}}``."""
     error: dict[str, Any] = {"message": message}
     if details:
         error["details"] = details
-    return json_error(status, {"error": error})
+    return json_error(status, {"error": error}, headers)
 
 
 def puppet_error(

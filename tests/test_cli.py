@@ -130,7 +130,8 @@ def test_plugins_lists_builtin_and_local(ini):
     )
     local = lines.index(f"reportd_local_testprocs  ({LOCAL_PLUGINS / 'testprocs.py'})")
     assert lines[local + 1] == (
-        "  processors: recorder (disabled), flaky, broken (disabled), slow (disabled), unready (disabled)"
+        "  processors: recorder (disabled), flaky, broken (disabled), slow (disabled), unready (disabled),"
+        " picky (disabled)"
     )
     assert lines[local + 2] == "  hooks: reportd_declare_settings, reportd_register_processors"
 
@@ -358,8 +359,12 @@ def test_queue_and_retry(daemon_factory, tmp_path):
     assert len(_dead_letter_events(daemon.log_path, report_id)) == 1
 
     retried = run("-c", str(config), "queue", "retry")
-    assert retried.exit_code == 0, retried.output
-    assert retried.stdout == "1 deliveries queued again\n"
+    # it waits for the daemon's next attempt, which fails again: it says so, and exits 1
+    assert retried.exit_code == 1, retried.output
+    assert retried.stdout == (
+        "1 deliveries queued again\n"
+        f"broken report {report_id}: failed again: RuntimeError: broken processor\n"
+    )
 
     # attempted again, dead again
     events = wait_for(lambda: len(e := _dead_letter_events(daemon.log_path, report_id)) == 2 and e)

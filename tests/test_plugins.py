@@ -198,7 +198,7 @@ def test_plugin_paths_and_blocking(tmp_path):
     assert infos["reportd_plugins.store"].processors == ("store",)
     local = infos["reportd_local_testprocs"]
     assert local.source.endswith("tests/local_plugins/testprocs.py")
-    assert set(local.processors) == {"recorder", "flaky", "broken", "slow", "unready"}
+    assert set(local.processors) == {"recorder", "flaky", "broken", "slow", "unready", "picky"}
     blocked = get_plugin_manager(load_entrypoints=False, blocked=["reportd_plugins.store"])
     assert "reportd_plugins.store" not in {info.name for info in list_plugins(blocked)}
     assert "reportd_plugins.store" not in sys.modules or blocked.get_plugin("reportd_plugins.store") is None

@@ -117,7 +117,7 @@ def identifier(value: Any, field: str, limit: int = MAX_IDENTIFIER) -> str | Non
     if value is None:
         return None
     if type(value) is int:
-        value = str(integer(value, field))
+        return str(value)
     return text(value, field, limit)
 
 
@@ -125,8 +125,9 @@ def uuid_text(value: Any, field: str) -> str | None:
     """A UUID in canonical form (PuppetDB refuses anything else), or None."""
     if value is None:
         return None
+    value = text(value, field, 64)
     try:
-        return str(uuid.UUID(text(value, field, 64)))
+        return str(uuid.UUID(value))
     except ValueError:
         raise ReportError.invalid(field, "must be a UUID") from None
 

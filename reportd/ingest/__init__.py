@@ -164,11 +164,15 @@ async def request_body(request: web.Request) -> AsyncIterator[bytes]:
         except BodyTooLarge:
             raise Refusal(413, _too_large(limit), reason="size", kind="REQUEST_TOO_LARGE") from None
         except (HttpProcessingError, RequestPayloadError):
+            # The rest of the stream cannot be read either: answer, then close the connection
+            # (aiohttp would otherwise try to read past the error to reuse it, and fail).
+            request.content.feed_eof()
             raise Refusal(
                 400,
                 f"the body does not decode as {encoding or 'sent'} (or it ended early)",
                 reason="encoding",
                 kind="MALFORMED",
+                headers={"Connection": "close"},
             ) from None
         yield body
 

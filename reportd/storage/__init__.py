@@ -84,6 +84,17 @@ class DeadLetter:
 
 
 @dataclass(frozen=True)
+class DeliveryState:
+    """Where one report's delivery to one processor stands (absent once delivered)."""
+
+    processor: str
+    report_id: int
+    state: str
+    attempts: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
 class StoredReport:
     """The store's summary row of one report (its id is the spool's).
 
@@ -224,6 +235,10 @@ class Storage(JobStorage, ScheduleStorage, abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    async def health(self) -> str | None:
+        """Why the storage cannot take reports now, or None when it can; cheap (``/healthz``)."""
+        return None
+
     # -- spool -----------------------------------------------------------------
     @abc.abstractmethod
     async def accept(self, entry: InboxEntry, processors: Sequence[str]) -> Accepted:
@@ -252,6 +267,10 @@ class Storage(JobStorage, ScheduleStorage, abc.ABC):
 
     @abc.abstractmethod
     async def dead_letters(self, processor: str | None, limit: int) -> list[DeadLetter]: ...
+
+    @abc.abstractmethod
+    async def delivery_states(self, keys: Sequence[tuple[str, int]]) -> list[DeliveryState]:
+        """The undelivered ones among ``(processor, report_id)`` keys."""
 
     @abc.abstractmethod
     async def retry(self, processor: str | None, report_ids: Sequence[int] | None, now: float) -> int:

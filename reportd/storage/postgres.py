@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import zlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,7 @@ from reportd.storage import (
     Claim,
     DeadLetter,
     DeliveryFailure,
+    DeliveryState,
     InboxEntry,
     NodeRow,
     QueueStats,
@@ -65,6 +67,8 @@ log = structlog.get_logger("reportd.storage.postgres")
 MAX_GROUP = 512
 GROUP_LINGER = 0.001  # seconds a lone accept waits for company before committing
 COMPRESSION_LEVEL = 1  # as in sqlite.py
+HEALTH_INTERVAL = 2.0  # seconds a health verdict is reused
+HEALTH_TIMEOUT = 1.0
 _MIGRATION_LOCK = 0x7265706F  # advisory lock key ("repo"): one migrator at a time
 
 # Version N is MIGRATIONS[N - 1], numbered like sqlite.py's list.
@@ -196,6 +200,7 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
         # Deliveries this instance leased and has not finished or failed yet, with the
         # lease's end: what it gives back at close (a batch cut short by the stop).
         self._leases: dict[tuple[str, int], float] = {}
+        self._health: tuple[float, str | None] | None = None
 
     async def _ensure_schema(self) -> dict[str, str]:
         """The server settings of every connection (the search path of ``schema``)."""
@@ -284,6 +289,23 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
             [(processor, report_id, until) for (processor, report_id), until in leases.items()],
         )
         self._leases = {}
+
+    async def health(self) -> str | None:
+        # A round trip at most every HEALTH_INTERVAL seconds, however often /healthz is asked.
+        now = time.monotonic()
+        if self._health is not None and now - self._health[0] < HEALTH_INTERVAL:
+            return self._health[1]
+        if self._pool is None or self._batcher is None or self._batcher.done():
+            reason: str | None = "the storage is closed"
+        else:
+            try:
+                async with asyncio.timeout(HEALTH_TIMEOUT), self._pool.acquire() as conn:
+                    await conn.fetchval("SELECT 1")
+                reason = None
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                reason = f"PostgreSQL does not answer: {type(error).__name__}: {error}"
+        self._health = (now, reason)
+        return reason
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -487,6 +509,16 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
             limit,
         )
         return [DeadLetter(*row) for row in rows]
+
+    async def delivery_states(self, keys: Sequence[tuple[str, int]]) -> list[DeliveryState]:
+        rows = await self.pool.fetch(
+            "SELECT d.processor, d.report_id, d.state, d.attempts, d.last_error FROM deliveries d"
+            " JOIN unnest($1::text[], $2::bigint[]) AS k (processor, report_id)"
+            " ON d.processor = k.processor AND d.report_id = k.report_id",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+        )
+        return [DeliveryState(*row) for row in rows]
 
     async def retry(self, processor: str | None, report_ids: Sequence[int] | None, now: float) -> int:
         sql = (

@@ -30,6 +30,7 @@ from reportd.storage import (
     Claim,
     DeadLetter,
     DeliveryFailure,
+    DeliveryState,
     InboxEntry,
     NodeRow,
     QueueStats,
@@ -37,6 +38,7 @@ from reportd.storage import (
     SchemaStatus,
     SpooledReport,
     Storage,
+    StorageUnavailable,
     StoredReport,
     check_schema,
     sqlite_jobs,
@@ -159,13 +161,20 @@ class SQLiteStorage(sqlite_jobs.SQLiteJobs, sqlite_schedules.SQLiteSchedules, St
         self._lock_fd: int | None = None
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self._exclusive:
-            self._lock_fd = _lock(self.path.with_name(self.path.name + ".lock"))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self._exclusive:
+                self._lock_fd = _lock(self.path.with_name(self.path.name + ".lock"))
+        except OSError as error:
+            raise StorageUnavailable(f"cannot use {self.path.parent}: {error.strerror or error}") from None
         self._writer = _Writer(self.path, self._synchronous)
         self._writer.start()
         try:
             await self._write(lambda conn: _migrate(conn, apply=self._auto_migrate))
+        except (OSError, sqlite3.Error, StorageUnavailable) as error:
+            cause = self._writer.failure or error
+            await self.close()
+            raise StorageUnavailable(f"cannot open {self.path}: {cause}") from None
         except BaseException:
             await self.close()
             raise
@@ -219,6 +228,16 @@ class SQLiteStorage(sqlite_jobs.SQLiteJobs, sqlite_schedules.SQLiteSchedules, St
     def _write(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         assert self._writer is not None, "storage is not open"
         return self._writer.submit(job)
+
+    async def health(self) -> str | None:
+        writer = self._writer
+        if writer is None:
+            return "the storage is closed"
+        if writer.failure is not None or not writer.is_alive():
+            return f"the SQLite writer stopped: {writer.failure or 'unknown reason'}"
+        if writer.last_error is not None:
+            return f"SQLite refuses writes: {writer.last_error}"
+        return None
 
     async def _read(self, job: Callable[[sqlite3.Connection], T]) -> T:
         assert self._readers is not None, "storage is not open"
@@ -357,6 +376,21 @@ class SQLiteStorage(sqlite_jobs.SQLiteJobs, sqlite_schedules.SQLiteSchedules, St
                 (processor, processor, limit),
             ).fetchall()
             return [DeadLetter(*row) for row in rows]
+
+        return await self._read(job)
+
+    async def delivery_states(self, keys: Sequence[tuple[str, int]]) -> list[DeliveryState]:
+        def job(conn: sqlite3.Connection) -> list[DeliveryState]:
+            found = []
+            for processor, report_id in keys:
+                row = conn.execute(
+                    "SELECT state, attempts, last_error FROM deliveries"
+                    " WHERE processor = ? AND report_id = ?",
+                    (processor, report_id),
+                ).fetchone()
+                if row is not None:
+                    found.append(DeliveryState(processor, report_id, *row))
+            return found
 
         return await self._read(job)
 
@@ -599,18 +633,31 @@ def _lock(path: Path) -> int:
 
 
 class _Writer(threading.Thread):
-    """The single writing connection; see the module docstring."""
+    """The single writing connection; see the module docstring.
+
+    If the thread cannot open its connection or fails outside a job, it
+    records why (:attr:`failure`), fails every job waiting and every job
+    submitted later, and ends: callers get an error, never a wait forever.
+    """
 
     def __init__(self, path: Path, synchronous: str) -> None:
         super().__init__(name="sqlite-writer", daemon=True)
         self._path = path
         self._synchronous = synchronous
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.failure: BaseException | None = None
+        #: The last error SQLite gave a write (a full disk, say), until a group commits cleanly.
+        self.last_error: str | None = None
 
     def submit(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
+        if self.failure is not None:
+            future.set_exception(StorageUnavailable(f"the SQLite writer stopped: {self.failure}"))
+            return future
         self._jobs.put((job, future, loop))
+        if self.failure is not None:  # it failed while this job was queued
+            self._fail_waiting()
         return future
 
     def stop(self) -> None:
@@ -618,10 +665,20 @@ class _Writer(threading.Thread):
         self.join()
 
     def run(self) -> None:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-        conn.execute("PRAGMA busy_timeout = 10000")
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+                conn.execute("PRAGMA busy_timeout = 10000")
+                self._serve(conn)
+            finally:
+                conn.close()
+        except BaseException as error:
+            self.failure = error
+            self._fail_waiting()
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
         stopping = False
         while not stopping:
             group = [self._jobs.get()]
@@ -635,10 +692,25 @@ class _Writer(threading.Thread):
                 group = [item for item in group if item is not None]
             if group:
                 self._run_group(conn, group)
-        conn.close()
+
+    def _fail_waiting(self) -> None:
+        error = StorageUnavailable(f"the SQLite writer stopped: {self.failure}")
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        while True:
+            try:
+                item = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                _, future, loop = item
+                by_loop.setdefault(loop, []).append((future, None, error))
+        for loop, items in by_loop.items():
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_settle, items)
 
     def _run_group(self, conn: sqlite3.Connection, group: list) -> None:
         outcomes = []
+        refused: str | None = None
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job, future, loop in group:
@@ -647,6 +719,8 @@ class _Writer(threading.Thread):
                     outcomes.append((future, loop, job(conn), None))
                     conn.execute("RELEASE job")
                 except Exception as error:  # the job's own failure, reported to its caller
+                    if isinstance(error, sqlite3.OperationalError):
+                        refused = str(error)
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
                     outcomes.append((future, loop, None, error))
@@ -654,7 +728,9 @@ class _Writer(threading.Thread):
         except Exception as error:  # the commit itself failed: nothing in the group happened
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            refused = str(error)
             outcomes = [(future, loop, None, error) for _, future, loop in group]
+        self.last_error = refused
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for future, loop, result, error in outcomes:
             by_loop.setdefault(loop, []).append((future, result, error))

@@ -2,7 +2,9 @@
 
 ``recorder`` appends every delivery to a JSON-lines file, ``flaky`` fails each
 report ``fail_times`` times before recording it, ``broken`` always fails and
-``slow`` sleeps past any timeout, ``unready`` cannot start ``fail_times`` times.
+``slow`` sleeps past any timeout, ``unready`` cannot start ``fail_times`` times,
+``picky`` records batches but raises for a whole batch that holds a certname
+starting with ``poison`` (a third-party processor's bug).
 """
 
 import asyncio
@@ -27,7 +29,7 @@ def reportd_declare_settings():
 
 @hookimpl
 def reportd_register_processors():
-    return [Recorder, Flaky, Broken, Slow, Unready]
+    return [Recorder, Flaky, Broken, Slow, Unready, Picky]
 
 
 class Recorder(Processor):
@@ -94,3 +96,13 @@ class Unready(Recorder):
         self.starts += 1
         if self.starts <= self.context.plugin_settings("testprocs")["fail_times"]:
             raise ConnectionError("backend not up yet")
+
+
+class Picky(Recorder):
+    name = "picky"
+    batch_size = 50
+
+    async def process_batch(self, reports):
+        if any(r.certname.startswith("poison") for r in reports):
+            raise ValueError(f"cannot handle a batch of {len(reports)}")
+        self.record(reports)
