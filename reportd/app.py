@@ -11,6 +11,8 @@ from typing import Any
 import pluggy
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from reportd.auth import VIEW_REPORTS, Authenticator
 from reportd.config import Config, validate_plugin_sections
@@ -84,6 +86,7 @@ def create_app(
     context = PluginContext(config, storage, prepared.settings, config.processors, Telemetry(), parser=parser)
     processors = [prepared.processor_classes[name](context) for name in config.processors]
     app = web.Application(client_max_size=config.max_body_size + 1, middlewares=[_error_answers])
+    app.on_response_prepare.append(_close_after_unread_compressed_body)
     app[CONFIG] = config
     app[STORAGE] = storage
     app[CONTEXT] = context
@@ -124,6 +127,13 @@ async def _error_answers(request: web.Request, handler) -> web.StreamResponse:
         return await handler(request)
     except web.HTTPException:
         raise
+    except (HttpProcessingError, RequestPayloadError):
+        # A body that does not decode (bad gzip): the stream cannot be read on, so the
+        # connection closes after the answer.
+        request.content.feed_eof()
+        raise api_error(
+            400, "the request body does not decode (or it ended early)", headers={"Connection": "close"}
+        ) from None
     except unavailable_errors() as error:
         log.error("storage_unavailable", path=request.path, error=f"{type(error).__name__}: {error}")
         raise api_error(
@@ -132,6 +142,20 @@ async def _error_answers(request: web.Request, handler) -> web.StreamResponse:
     except Exception:
         log.exception("request_failed", method=request.method, path=request.path)
         raise api_error(500, "internal error (reportd logged it)") from None
+
+
+async def _close_after_unread_compressed_body(request: web.Request, response: web.StreamResponse) -> None:
+    """An answer given before a compressed body was read (a refusal) ends the connection.
+
+    aiohttp reads and drops such a body to reuse the connection, and a body that
+    does not decode makes that read fail and the connection drop without an
+    answer; closing on purpose is cleaner, and the client knows not to reuse it.
+    """
+    content = request.content
+    if request.headers.get("Content-Encoding") and (not content.is_eof() or content.exception() is not None):
+        content.feed_eof()
+        response.force_close()
+        response.headers["Connection"] = "close"  # the hook runs after aiohttp set the headers
 
 
 async def _storage_lifecycle(app: web.Application) -> AsyncIterator[None]:
