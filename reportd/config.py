@@ -83,6 +83,7 @@ CORE_SETTINGS: dict[str, Setting] = {
     "stale_after": Setting("2h", as_duration, "a node is stale after this silence"),
     "base_url": Setting("", _base_url, "reportd's public URL, for absolute URLs in answers"),
     "job_timeout": Setting("1h", as_duration, "timeout of a deploy that names none"),
+    "node_names_from_san": Setting("false", as_bool, "a node certificate's DNS SANs are its names too"),
 }
 
 
@@ -138,6 +139,7 @@ class Config:
     stale: StaleRules
     source: str = "<defaults>"
     plugin_sections: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    node_names_from_san: bool = False
 
     @property
     def tls_enabled(self) -> bool:

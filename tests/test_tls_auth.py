@@ -15,10 +15,13 @@ import orjson
 import pytest
 import trustme
 
+from reportd.auth import certificate_certname, certificate_san_names
 from tests.conftest import SAMPLE_CERTNAME, Daemon, ini_for, sample
 
 OTHER = "other.example.test"
 FORWARDER = "puppetserver.example.test"
+SNEAKY = "sneaky.example.test"
+ALIAS = "alias.example.test"
 CHANGES_UUID = b"3e230e53-402f-4e33-bffa-4dcbd3e4f65e"
 PUT_PATH = f"/puppet/v3/report/{SAMPLE_CERTNAME}?environment=production"
 YAML = sample("http-processor-failure.yaml")
@@ -56,6 +59,8 @@ def pki(tmp_path_factory) -> PKI:
         # the certname as the CN only, or as a DNS SAN only
         "lab-cn": ca.issue_cert("alias.example.test", common_name=SAMPLE_CERTNAME),
         "lab-san": ca.issue_cert("alias.example.test", SAMPLE_CERTNAME, common_name="alias.example.test"),
+        # a node whose SAN names the trusted forwarder
+        "sneaky": ca.issue_cert(SNEAKY, FORWARDER, common_name=SNEAKY),
         # right name, wrong CA
         "rogue": rogue_ca.issue_cert(SAMPLE_CERTNAME, common_name=SAMPLE_CERTNAME),
     }
@@ -199,17 +204,88 @@ async def test_node_submits_its_own_report(daemon, pki):
     }
 
 
-@pytest.mark.parametrize("cert", ["lab-cn", "lab-san"])
-async def test_certname_from_cn_or_dns_san(daemon, pki, cert):
-    answer = await call(daemon, pki, "PUT", PUT_PATH, cert=cert, body=changes())
+async def test_certname_is_the_cn_alone(daemon, pki):
+    alias_path = f"/puppet/v3/report/{ALIAS}?environment=production"
+    alias_report = changes(host=ALIAS)
+    # CN lab-agent, SAN alias: lab-agent's certificate, not alias's
+    answer = await call(daemon, pki, "PUT", PUT_PATH, cert="lab-cn", body=changes())
     assert answer.status == 200, answer.body
-    # the certificate's other name is its own too; lab-agent's certificate may not use it
-    path = "/puppet/v3/report/alias.example.test?environment=production"
-    alias_report = changes(host="alias.example.test")
-    answer = await call(daemon, pki, "PUT", path, cert=cert, body=alias_report)
-    assert answer.status == 200, answer.body
-    answer = await call(daemon, pki, "PUT", path, cert="lab", body=alias_report)
+    assert_puppet_forbidden(await call(daemon, pki, "PUT", alias_path, cert="lab-cn", body=alias_report))
+    # CN alias, SAN lab-agent: alias's certificate; the SAN does not make it lab-agent's
+    answer = await call(daemon, pki, "PUT", PUT_PATH, cert="lab-san", body=changes(str(uuid.uuid4())))
     assert_puppet_forbidden(answer)
+    answer = await call(
+        daemon, pki, "POST", "/puppet/v3/report", cert="lab-san", body=changes(str(uuid.uuid4()))
+    )
+    assert_puppet_forbidden(answer)
+    answer = await call(daemon, pki, "PUT", alias_path, cert="lab-san", body=alias_report)
+    assert answer.status == 200, answer.body
+
+    viewer = await create_token(daemon, "viewer", "view_reports")
+    items = await wait_stored(daemon, pki, viewer, 2)
+    assert sorted(item["certname"] for item in items) == [ALIAS, SAMPLE_CERTNAME]
+
+
+async def test_dns_sans_name_a_node_only_when_configured(daemon_factory, tmp_path, pki):
+    ini = tls_ini(tmp_path, pki).replace("[reportd]\n", "[reportd]\nnode_names_from_san = true\n", 1)
+    daemon = daemon_factory(ini, scheme="https").start()
+    alias_path = f"/puppet/v3/report/{ALIAS}?environment=production"
+    answer = await call(daemon, pki, "PUT", PUT_PATH, cert="lab-san", body=changes())
+    assert answer.status == 200, answer.body
+    answer = await call(daemon, pki, "PUT", alias_path, cert="lab-san", body=changes(host=ALIAS))
+    assert answer.status == 200, answer.body
+    # lab-agent's own certificate has no alias SAN; a SAN naming the forwarder makes no forwarder
+    answer = await call(daemon, pki, "PUT", alias_path, cert="lab", body=changes(str(uuid.uuid4()), ALIAS))
+    assert_puppet_forbidden(answer)
+    answer = await call(daemon, pki, "PUT", PUT_PATH, cert="sneaky", body=changes(str(uuid.uuid4())))
+    assert_puppet_forbidden(answer)
+
+
+def ingest_requests(certname: str) -> list[tuple[str, str, bytes, dict[str, str]]]:
+    """One upload for ``certname`` on every ingest route, each a new run: (method, path, body, headers)."""
+
+    def fresh() -> str:
+        return str(uuid.uuid4())
+
+    json_type: dict[str, str] = {}  # call() sends the body as application/json
+    chef = {"X-Ops-Reporting-Protocol-Version": "0.1.0"}
+    runs = f"/organizations/acme/reports/nodes/{certname}/runs"
+    put = f"/puppet/v3/report/{certname}?environment=production"
+    requests = [
+        ("PUT", put, changes(fresh(), certname), json_type),
+        ("POST", "/puppet/v3/report", changes(fresh(), certname), json_type),
+        ("POST", "/reports/upload", changes(fresh(), certname), json_type),
+    ]
+    foreman_paths = ("/api/reports", "/api/v2/reports", "/api/config_reports", "/api/v2/config_reports")
+    for n, path in enumerate(foreman_paths):
+        for prefix in ("", "/"):
+            reported_at = f"2026-11-23 10:{n:02d}:{len(prefix):02d} UTC"
+            requests.append(("POST", prefix + path, foreman_body(certname, reported_at), json_type))
+    start = orjson.dumps({"action": "start", "run_id": fresh(), "start_time": "2026-11-23 10:00:00 +0000"})
+    requests.append(("POST", runs, start, chef))
+    end_id = fresh()
+    requests.append(("POST", f"{runs}/{end_id}", chef_end(end_id), chef))
+    for path in ("/data-collector/v0/", "/data-collector/v0"):
+        run_id = fresh()
+        message = {"message_type": "run_start", "node_name": certname, "run_id": run_id, "id": run_id,
+                   "start_time": "2026-11-23T10:00:00Z"}  # fmt: skip
+        requests.append(("POST", path, orjson.dumps(message), json_type))
+    return requests
+
+
+async def test_a_san_naming_a_forwarder_makes_no_forwarder_on_any_route(daemon, pki):
+    requests = ingest_requests(OTHER)
+    assert len({(method, path.split("?")[0]) for method, path, _, _ in requests}) == 15
+    for method, path, body, headers in requests:
+        answer = await call(daemon, pki, method, path, cert="sneaky", body=body, headers=headers)
+        assert answer.status == 403, (path, answer.status, answer.body)
+    # the same uploads from the forwarder itself are accepted: only the certificate made the difference
+    for method, path, body, headers in ingest_requests(OTHER):
+        answer = await call(daemon, pki, method, path, cert="forwarder", body=body, headers=headers)
+        assert answer.status in (200, 201), (path, answer.status, answer.body)
+    viewer = await create_token(daemon, "viewer", "view_reports")
+    # 3 Puppet, 8 Foreman, 1 Chef end, and the forwarder's alone
+    assert len(await wait_stored(daemon, pki, viewer, 12)) == 12
 
 
 async def test_other_node_may_not_submit_for_lab_agent(daemon, pki):
@@ -412,9 +488,9 @@ async def test_cli_send_with_client_certificate_and_token(daemon, pki, tmp_path)
 # -- the same node rule for Foreman-style and Chef uploads -------------------------------------
 
 
-def foreman_body(host: str) -> bytes:
+def foreman_body(host: str, reported_at: str = "2026-11-23 10:00:00 UTC") -> bytes:
     return orjson.dumps({"config_report": {
-        "host": host, "reported_at": "2026-11-23 10:00:00 UTC", "status": {"applied": 1},
+        "host": host, "reported_at": reported_at, "status": {"applied": 1},
         "metrics": {}, "logs": []}})  # fmt: skip
 
 
@@ -456,3 +532,16 @@ async def test_chef_upload_follows_the_node_rule(daemon, pki):
     path = f"/organizations/acme/reports/nodes/{SAMPLE_CERTNAME}/runs/{run_id}"
     answer = await call(daemon, pki, "POST", path, body=chef_end(run_id), cert="lab", headers=headers)
     assert (answer.status, answer.json()) == (201, {})
+
+
+def test_a_certificate_names_one_certname_by_its_cn():
+    def subject(*cns: str) -> dict:
+        return {"subject": ((("countryName", "IT"),), *((("commonName", cn),) for cn in cns)),
+                "subjectAltName": (("DNS", "san.example.test"), ("IP Address", "10.0.0.1"))}  # fmt: skip
+
+    assert certificate_certname(subject("node.example.test")) == "node.example.test"
+    assert certificate_san_names(subject("node.example.test")) == frozenset({"san.example.test"})
+    # no CN, or two: no certname rather than a guess
+    assert certificate_certname(subject()) is None
+    assert certificate_certname(subject("a.example.test", "b.example.test")) is None
+    assert certificate_certname(None) is None and certificate_certname({}) is None
