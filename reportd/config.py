@@ -84,6 +84,7 @@ CORE_SETTINGS: dict[str, Setting] = {
     "base_url": Setting("", _base_url, "reportd's public URL, for absolute URLs in answers"),
     "job_timeout": Setting("1h", as_duration, "timeout of a deploy that names none"),
     "node_names_from_san": Setting("false", as_bool, "a node certificate's DNS SANs are its names too"),
+    "tls_crl": Setting("", as_path, "CRL (PEM) of tls_ca, re-read when it changes"),
 }
 
 
@@ -140,6 +141,7 @@ class Config:
     source: str = "<defaults>"
     plugin_sections: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     node_names_from_san: bool = False
+    tls_crl: Path | None = None
 
     @property
     def tls_enabled(self) -> bool:
@@ -206,7 +208,9 @@ def load_config_string(text: str, *, source: str = "<string>") -> Config:
         raise ConfigError(f"{source}: [reportd] tls_key: tls_cert and tls_key go together")
     if core["tls_ca"] is not None and core["tls_cert"] is None:
         raise ConfigError(f"{source}: [reportd] tls_ca: needs tls_cert and tls_key")
-    for key in ("tls_cert", "tls_key", "tls_ca"):
+    if core["tls_crl"] is not None and core["tls_ca"] is None:
+        raise ConfigError(f"{source}: [reportd] tls_crl: needs tls_ca")
+    for key in ("tls_cert", "tls_key", "tls_ca", "tls_crl"):
         if core[key] is not None and not core[key].is_file():
             raise ConfigError(f"{source}: [reportd] {key}: no such file: {core[key]}")
     database = core["database"]

@@ -4,23 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 import ssl
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
 import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from reportd.auth import certificate_certname, certificate_san_names
+from reportd.config import load_config_string
+from reportd.settings import ConfigError
 from tests.conftest import SAMPLE_CERTNAME, Daemon, ini_for, sample
 
 OTHER = "other.example.test"
 FORWARDER = "puppetserver.example.test"
 SNEAKY = "sneaky.example.test"
+DOOMED = "doomed.example.test"
 ALIAS = "alias.example.test"
 CHANGES_UUID = b"3e230e53-402f-4e33-bffa-4dcbd3e4f65e"
 PUT_PATH = f"/puppet/v3/report/{SAMPLE_CERTNAME}?environment=production"
@@ -35,6 +42,8 @@ class PKI:
     server_cert: Path
     server_key: Path
     clients: dict[str, ssl.SSLContext]
+    authority: trustme.CA
+    leaves: dict[str, trustme.LeafCert]
 
 
 def _write_leaf(leaf: trustme.LeafCert, path: Path) -> Path:
@@ -61,6 +70,8 @@ def pki(tmp_path_factory) -> PKI:
         "lab-san": ca.issue_cert("alias.example.test", SAMPLE_CERTNAME, common_name="alias.example.test"),
         # a node whose SAN names the trusted forwarder
         "sneaky": ca.issue_cert(SNEAKY, FORWARDER, common_name=SNEAKY),
+        # revoked by the CRL tests
+        "doomed": ca.issue_cert(DOOMED, common_name=DOOMED),
         # right name, wrong CA
         "rogue": rogue_ca.issue_cert(SAMPLE_CERTNAME, common_name=SAMPLE_CERTNAME),
     }
@@ -70,14 +81,14 @@ def pki(tmp_path_factory) -> PKI:
         if leaf is not None:
             context.load_cert_chain(_write_leaf(leaf, directory / f"{name}.pem"))
         clients[name] = context
-    return PKI(directory / "ca.pem", directory / "server.pem", directory / "server.key", clients)
+    return PKI(directory / "ca.pem", directory / "server.pem", directory / "server.key", clients, ca, leaves)
 
 
-def tls_ini(tmp_path: Path, pki: PKI) -> str:
+def tls_ini(tmp_path: Path, pki: PKI, extra: str = "") -> str:
     """Mutual TLS, nothing for loopback, one trusted forwarder."""
     extra = (
         f"tls_cert = {pki.server_cert}\ntls_key = {pki.server_key}\ntls_ca = {pki.ca}\n"
-        f"anonymous_networks =\ntrusted_forwarders = {FORWARDER}\n"
+        f"anonymous_networks =\ntrusted_forwarders = {FORWARDER}\n{extra}"
     )
     return ini_for(tmp_path, extra)
 
@@ -108,6 +119,7 @@ async def call(
     token: str | None = None,
     headers: dict[str, str] | None = None,
     content_type: str = "application/json",
+    sni: str | None = None,
 ) -> Answer:
     headers = dict(headers or {})
     if token is not None:
@@ -117,7 +129,13 @@ async def call(
     async with (
         aiohttp.ClientSession() as session,
         session.request(
-            method, daemon.url + path, data=body, ssl=pki.clients[cert], headers=headers
+            method,
+            daemon.url + path,
+            data=body,
+            ssl=pki.clients[cert],
+            headers=headers,
+            # None: no SNI, as for every IP address; else the server's name, which its certificate has
+            server_hostname=sni,
         ) as response,
     ):
         return Answer(response.status, response.content_type, await response.read())
@@ -437,6 +455,161 @@ async def test_system_trust_store_does_not_authenticate_nodes(daemon_factory, tm
         )
     answer = await call(daemon, pki, "PUT", PUT_PATH, cert="lab", body=changes())
     assert answer.status == 200
+
+
+# -- revoked certificates (tls_crl) ------------------------------------------------------------
+
+
+def write_crl(pki: PKI, path: Path, *revoked: str, atomically: bool = False) -> None:
+    """A CRL of the test CA revoking the named leaves, written over ``path`` as the Puppet CA does
+    (or by a rename when ``atomically``)."""
+    key = serialization.load_pem_private_key(pki.authority.private_key_pem.bytes(), None)
+    issuer = x509.load_pem_x509_certificate(pki.authority.cert_pem.bytes())
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.subject)
+        .last_update(now - timedelta(minutes=5))
+        .next_update(now + timedelta(days=1))
+        .add_extension(x509.CRLNumber(int(time.time() * 1000)), critical=False)
+    )
+    for name in revoked:
+        serial = x509.load_pem_x509_certificate(pki.leaves[name].cert_chain_pems[0].bytes()).serial_number
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        builder = builder.add_revoked_certificate(entry)
+    pem = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    if atomically:
+        path.with_suffix(".new").write_bytes(pem)
+        path.with_suffix(".new").replace(path)
+    else:
+        path.write_bytes(pem)
+
+
+def doomed_report(run_id: str | None = None) -> tuple[str, bytes]:
+    return f"/puppet/v3/report/{DOOMED}?environment=production", changes(run_id or str(uuid.uuid4()), DOOMED)
+
+
+async def assert_refused_at_handshake(daemon: Daemon, pki: PKI, cert: str, sni: str | None = None) -> None:
+    path, body = doomed_report()
+    with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+        answer = await call(daemon, pki, "PUT", path, cert=cert, body=body, sni=sni)
+        pytest.fail(f"{cert} got an answer: {answer}")
+
+
+async def test_a_revoked_certificate_is_refused_without_a_restart(daemon_factory, tmp_path, pki):
+    crl = tmp_path / "crl.pem"
+    write_crl(pki, crl)
+    daemon = daemon_factory(tls_ini(tmp_path, pki, f"tls_crl = {crl}\n"), scheme="https").start()
+    path, body = doomed_report()
+    assert (await call(daemon, pki, "PUT", path, cert="doomed", body=body)).status == 200
+    assert (await call(daemon, pki, "PUT", PUT_PATH, cert="lab", body=changes())).status == 200
+
+    write_crl(pki, crl, "doomed")
+    # the next connection is refused, whether the client names the server (SNI) or not
+    await assert_refused_at_handshake(daemon, pki, "doomed")
+    await assert_refused_at_handshake(daemon, pki, "doomed", sni="localhost")
+    for sni in (None, "localhost"):
+        answer = await call(
+            daemon, pki, "PUT", PUT_PATH, cert="lab", body=changes(str(uuid.uuid4())), sni=sni
+        )
+        assert answer.status == 200, answer.body
+    # clients without a certificate are not affected
+    uploader = await create_token(daemon, "uploader", "upload_config_reports")
+    answer = await call(daemon, pki, "PUT", PUT_PATH, token=uploader, body=changes(str(uuid.uuid4())))
+    assert answer.status == 200, answer.body
+
+    # a CRL that cannot be read is reported, and the last good one stays in force
+    crl.write_text("-----BEGIN X509 CRL-----\ntruncated\n")
+    await assert_refused_at_handshake(daemon, pki, "doomed")
+    answer = await call(daemon, pki, "PUT", PUT_PATH, cert="lab", body=changes(str(uuid.uuid4())))
+    assert answer.status == 200, answer.body
+    assert daemon.log_path.read_text().count('"event": "tls_crl_unreadable"') == 1
+
+    # a CRL put in place by a rename is read too (here, one that lifts the revocation)
+    write_crl(pki, crl, atomically=True)
+    path, body = doomed_report()
+    assert (await call(daemon, pki, "PUT", path, cert="doomed", body=body)).status == 200
+    assert daemon.process.poll() is None  # one process throughout
+
+    viewer = await create_token(daemon, "viewer", "view_reports")
+    items = await wait_stored(daemon, pki, viewer, 7)
+    assert sorted(item["certname"] for item in items) == [DOOMED] * 2 + [SAMPLE_CERTNAME] * 5
+
+
+async def test_a_connection_open_before_the_revocation_is_closed_after_its_next_answer(
+    daemon_factory, tmp_path, pki
+):
+    crl = tmp_path / "crl.pem"
+    write_crl(pki, crl)
+    daemon = daemon_factory(tls_ini(tmp_path, pki, f"tls_crl = {crl}\n"), scheme="https").start()
+    async with aiohttp.ClientSession() as session:
+
+        async def put() -> aiohttp.ClientResponse:
+            path, body = doomed_report()
+            headers = {"Content-Type": "application/json"}
+            async with session.put(
+                daemon.url + path, data=body, headers=headers, ssl=pki.clients["doomed"]
+            ) as r:
+                await r.read()
+                return r
+
+        first = await put()
+        assert first.status == 200 and first.headers.get("Connection", "").lower() != "close"
+        write_crl(pki, crl, "doomed")
+        # still the connection set up before the revocation: answered, and closed
+        second = await put()
+        assert second.status == 200 and second.headers.get("Connection", "").lower() == "close"
+        with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+            await put()
+
+
+def healthz_over(port: int, context: ssl.SSLContext, session: ssl.SSLSession | None):
+    """One GET /healthz on a new connection offering ``session``: (status line, session, reused)."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as tls,
+    ):
+        tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+        return answer.split(b"\r\n", 1)[0], tls.session, tls.session_reused
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+async def test_a_revoked_certificate_cannot_resume_an_earlier_session(daemon_factory, tmp_path, pki, version):
+    crl = tmp_path / "crl.pem"
+    write_crl(pki, crl)
+    daemon = daemon_factory(tls_ini(tmp_path, pki, f"tls_crl = {crl}\n"), scheme="https").start()
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    context.load_cert_chain(pki.ca.parent / "doomed.pem")
+    context.minimum_version = context.maximum_version = version
+    status, session, _ = await asyncio.to_thread(healthz_over, daemon.port, context, None)
+    assert status == b"HTTP/1.1 200 OK"
+    status, session, reused = await asyncio.to_thread(healthz_over, daemon.port, context, session)
+    assert (status, reused) == (b"HTTP/1.1 200 OK", True)  # sessions are resumed, so this tests something
+
+    write_crl(pki, crl, "doomed")
+    try:
+        status, _, reused = await asyncio.to_thread(healthz_over, daemon.port, context, session)
+    except (ssl.SSLError, ConnectionError):
+        status, reused = None, False
+    # refused in the handshake (TLS 1.2), or right after it, without an answer (TLS 1.3)
+    assert (status, reused) in ((None, False), (b"", False))
+
+
+async def test_a_bad_crl_stops_the_start(daemon_factory, tmp_path, pki):
+    # a certificate where the CRL should be: nothing would ever be revoked
+    daemon = daemon_factory(tls_ini(tmp_path, pki, f"tls_crl = {pki.ca}\n"), scheme="https")
+    with pytest.raises(RuntimeError, match=r"tls_crl .*ca\.pem: no CRL in it"):
+        daemon.start()
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a CRL\n")
+    daemon = daemon_factory(tls_ini(tmp_path, pki, f"tls_crl = {garbage}\n"), scheme="https", name="again")
+    with pytest.raises(RuntimeError, match=r"tls_crl .*garbage\.pem: not a PEM CRL"):
+        daemon.start()
+    with pytest.raises(ConfigError, match=r"\[reportd\] tls_crl: needs tls_ca"):
+        load_config_string(f"[reportd]\ntls_crl = {garbage}\n")
 
 
 async def test_plain_http_is_not_served(daemon):
