@@ -41,6 +41,10 @@ TOKEN_PREFIX = "rpd_"
 class TokenRecord:
     name: str
     permissions: frozenset[str]
+    expires_at: float | None = None  # UNIX time; None: never
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
 
 @dataclass(frozen=True)
@@ -123,7 +127,7 @@ class Authenticator:
         self._names_from_san = config.node_names_from_san
         self._find_token = find_token
         self._cache: dict[str, tuple[float, TokenRecord | None]] = {}
-        # Revocation takes effect within this many seconds.
+        # Revocation takes effect within this many seconds; expiry on time.
         self._cache_seconds = cache_seconds
 
     async def identify(self, request: web.Request) -> Identity:
@@ -161,11 +165,15 @@ class Authenticator:
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached and cached[0] > now:
-            return cached[1]
-        record = await self._find_token(digest)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[digest] = (now + self._cache_seconds, record)
+            record = cached[1]
+        else:
+            record = await self._find_token(digest)
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (now + self._cache_seconds, record)
+        # Checked at every use, cached or not: an expired token is refused like a revoked one.
+        if record is not None and record.expired(time.time()):
+            return None
         return record
 
 

@@ -21,7 +21,7 @@ import orjson
 from reportd import __version__
 from reportd.auth import PERMISSIONS, hash_token, new_token
 from reportd.config import Config, load_config
-from reportd.settings import ConfigError, as_listen
+from reportd.settings import ConfigError, as_duration, as_listen
 from reportd.storage import Storage, open_storage
 
 T = TypeVar("T")
@@ -535,6 +535,19 @@ def token() -> None:
     """API tokens: create, list, revoke."""
 
 
+def _expiry(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """``--expires``: a duration as the INI writes them, in seconds."""
+    if value is None:
+        return None
+    try:
+        seconds = as_duration(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param=param) from None
+    if seconds <= 0:
+        raise click.BadParameter(f"expected a duration longer than 0, got {value!r}", param=param)
+    return seconds
+
+
 @token.command("create")
 @click.argument("name")
 @click.option(
@@ -546,13 +559,23 @@ def token() -> None:
     type=click.Choice(sorted(PERMISSIONS)),
     help="repeat for several",
 )
+@click.option(
+    "--expires",
+    metavar="DURATION",
+    callback=_expiry,
+    help="refused after this long (90d, 12h, 30m; default: never)",
+)
 @click.pass_context
-def token_create(ctx: click.Context, name: str, permissions: tuple[str, ...]) -> None:
+def token_create(ctx: click.Context, name: str, permissions: tuple[str, ...], expires: float | None) -> None:
     """Create a token; prints it alone on stdout (it is not shown again)."""
     config = _load(ctx)
     secret = new_token()
+    now = time.time()
+    expires_at = now + expires if expires is not None else None
     try:
-        _with_storage(config, lambda s: s.create_token(name, hash_token(secret), permissions, time.time()))
+        _with_storage(
+            config, lambda s: s.create_token(name, hash_token(secret), permissions, now, expires_at)
+        )
     except KeyError:
         raise click.ClickException(f"a token named {name!r} exists") from None
     click.echo(secret)
@@ -561,10 +584,18 @@ def token_create(ctx: click.Context, name: str, permissions: tuple[str, ...]) ->
 @token.command("list")
 @click.pass_context
 def token_list(ctx: click.Context) -> None:
-    """List tokens (names and permissions, never the secrets)."""
+    """List tokens: name, creation, expiry, permissions (never the secrets)."""
     config = _load(ctx)
+    now = time.time()
     for entry in _with_storage(config, lambda s: s.list_tokens()):
-        click.echo(f"{entry['name']:<24} {_iso(entry['created_at'])}  {','.join(entry['permissions'])}")
+        expires_at = entry["expires_at"]
+        if expires_at is None:
+            expiry = "no expiry"
+        else:
+            expiry = f"{'expired' if expires_at <= now else 'expires'} {_iso(expires_at)}"
+        click.echo(
+            f"{entry['name']:<24} {_iso(entry['created_at'])}  {expiry:<28}  {','.join(entry['permissions'])}"
+        )
 
 
 @token.command("revoke")

@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 from click.testing import CliRunner, Result
 
+from reportd.auth import TokenRecord
 from reportd.cli import cli
 from reportd.storage import SchemaError, open_storage, postgres, sqlite
 from tests.conftest import ini_for
@@ -23,7 +24,7 @@ LATEST = len(sqlite.MIGRATIONS)
 
 
 def test_both_backends_have_the_same_versions():
-    assert len(postgres.MIGRATIONS) == LATEST >= 4
+    assert len(postgres.MIGRATIONS) == LATEST >= 5  # 5: tokens.expires_at
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -107,6 +108,28 @@ async def test_upgrade_applies_only_the_pending_migrations(database_url):
     assert (status.current, status.latest, status.pending) == (2, LATEST, list(range(3, LATEST + 1)))
     assert await storage.upgrade() == list(range(3, LATEST + 1))
     assert (await storage.schema_status()).pending == []
+
+
+async def test_tokens_made_before_expiry_existed_never_expire(database_url):
+    storage = open_storage(database_url)
+    assert await storage.upgrade(up_to=4) == [1, 2, 3, 4]
+    insert = "INSERT INTO tokens (name, token_hash, permissions, created_at) VALUES ('old', 'hash-old', 'admin', 1)"
+    if database_url.startswith("sqlite:///"):
+        with sqlite3.connect(database_url.removeprefix("sqlite:///")) as conn:
+            conn.execute(insert)
+    else:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(insert)
+        finally:
+            await conn.close()
+    assert await storage.upgrade() == list(range(5, LATEST + 1))
+    await storage.open()
+    try:
+        assert await storage.find_token("hash-old") == TokenRecord("old", frozenset({"admin"}), None)
+        assert [t["expires_at"] for t in await storage.list_tokens()] == [None]
+    finally:
+        await storage.close()
 
 
 async def test_concurrent_upgrades_apply_each_migration_once(database_url):
