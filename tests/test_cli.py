@@ -251,7 +251,7 @@ async def test_a_stored_expiry_is_refused_on_every_api(make_app, aiohttp_client)
         "future", hash_token("rpd_future"), everything, time.time(), time.time() + 3600
     )
     schedules = "/api/v1/reports/schedules?paginate=true&page=1&page_size=20"
-    for path in ("/api/v1/reports", "/orchestrator/v1/jobs", schedules):
+    for path in ("/api/v1/reports", "/orchestrator/v1/jobs", schedules, "/metrics"):
         past = await client.get(path, headers={"X-Authentication": "rpd_past"})
         future = await client.get(path, headers={"X-Authentication": "rpd_future"})
         assert (past.status, future.status) == (403, 200), path
