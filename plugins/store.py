@@ -23,7 +23,7 @@ from reportd.periodic import drain, every
 from reportd.settings import as_duration, as_positive_int
 from reportd.status import RUN_STATUSES, change_kind, is_stale
 from reportd.storage import ReportQuery, StoredReport
-from reportd.web import api_error, json_response
+from reportd.web import api_error, json_response, public_base_url
 
 T = TypeVar("T")
 NAME = "store"
@@ -140,7 +140,7 @@ class StoreAPI:
     def report_item(self, request: web.Request, row: StoredReport) -> dict[str, Any]:
         return {
             "id": row.id,
-            "url": f"{request.scheme}://{request.host}/api/v1/reports/{row.id}",
+            "url": f"{public_base_url(request)}/api/v1/reports/{row.id}",
             "certname": row.certname,
             "environment": row.environment,
             "status": row.status,
@@ -185,7 +185,7 @@ class StoreAPI:
         if len(rows) > limit:
             rows = rows[:limit]
             cursor = _encode_cursor(rows[-1].run_time, rows[-1].id)
-            next_url = str(request.url.update_query(cursor=cursor))
+            next_url = public_base_url(request) + str(request.rel_url.update_query(cursor=cursor))
         return json_response({"items": [self.report_item(request, r) for r in rows], "next": next_url})
 
     async def get_report(self, request: web.Request) -> web.Response:
@@ -223,7 +223,7 @@ class StoreAPI:
             "run_time": _iso(node.run_time),
             "last_received_at": _iso(node.last_received_at),
             "report_id": node.report_id,
-            "report_url": f"{request.scheme}://{request.host}/api/v1/reports/{node.report_id}",
+            "report_url": f"{public_base_url(request)}/api/v1/reports/{node.report_id}",
             "summary": node.summary,
         }
 
@@ -239,7 +239,7 @@ class StoreAPI:
         next_url = None
         if len(rows) > limit:
             rows = rows[:limit]
-            next_url = str(request.url.update_query(cursor=rows[-1].certname))
+            next_url = public_base_url(request) + str(request.rel_url.update_query(cursor=rows[-1].certname))
         now = time.time()
         return json_response({"items": [self.node_item(request, n, now) for n in rows], "next": next_url})
 

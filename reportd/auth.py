@@ -154,7 +154,7 @@ class Authenticator:
                 subjects.append("token:" + record.name)
                 permissions.update(record.permissions)
 
-        if self._networks and _in_networks(request.remote, self._networks):
+        if self._networks and in_networks(request.remote, self._networks):
             subjects.append("anonymous")
             permissions.update(self._anonymous)
 
@@ -177,7 +177,8 @@ class Authenticator:
         return record
 
 
-def _in_networks(remote: str | None, networks) -> bool:
+def in_networks(remote: str | None, networks) -> bool:
+    """Whether the address ``remote`` (IPv4-mapped IPv6 as IPv4) is inside one of ``networks``."""
     if not remote:
         return False
     try:

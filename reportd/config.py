@@ -85,6 +85,7 @@ CORE_SETTINGS: dict[str, Setting] = {
     "job_timeout": Setting("1h", as_duration, "timeout of a deploy that names none"),
     "node_names_from_san": Setting("false", as_bool, "a node certificate's DNS SANs are its names too"),
     "tls_crl": Setting("", as_path, "CRL (PEM) of tls_ca, re-read when it changes"),
+    "trusted_proxies": Setting("", as_networks, "peers whose Host and X-Forwarded-* name reportd"),
 }
 
 
@@ -142,6 +143,7 @@ class Config:
     plugin_sections: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     node_names_from_san: bool = False
     tls_crl: Path | None = None
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @property
     def tls_enabled(self) -> bool:

@@ -599,23 +599,33 @@ async def test_permissions(orchestrator):
     assert (await o.post("/orchestrator/v1/command/stop", {"job": "1"}, token="rpd_admin"))[0] == 202
 
 
-async def test_absolute_urls_follow_the_proxy_or_base_url(aiohttp_client, make_app, tmp_path):
-    client = await aiohttp_client(make_app())
+async def test_absolute_urls_follow_a_trusted_proxy_or_base_url(aiohttp_client, make_app, tmp_path):
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "reportd.example.com:8143"}
+    deploy = {"environment": "production", "scope": {"nodes": ["a.example.test"]}}
+    # a client that is no trusted proxy names nothing: the links are the listener's own
+    client = await aiohttp_client(make_app(data_dir=tmp_path / "direct"))
     o = Orchestrator(client)
     await o.add_token(DEPLOYER, "deployer", "view_jobs", "edit_jobs")
-    deploy = {"environment": "production", "scope": {"nodes": ["a.example.test"]}}
-    status, body = await o.post(
-        "/orchestrator/v1/command/deploy",
-        deploy,
-        **{"X-Forwarded-Proto": "https", "X-Forwarded-Host": "reportd.example.com:8143"},
-    )
+    status, body = await o.post("/orchestrator/v1/command/deploy", deploy, Host="evil.example", **forwarded)
     assert status == 202
-    assert body["job"]["id"] == "https://reportd.example.com:8143/orchestrator/v1/jobs/1"
-    _, job = await o.get("/orchestrator/v1/jobs/1", token=DEPLOYER)
+    assert body["job"]["id"] == f"{o.base}/orchestrator/v1/jobs/1"
+    _, job = await o.get("/orchestrator/v1/jobs/1", token=DEPLOYER, Host="evil.example")
     assert job["id"] == f"{o.base}/orchestrator/v1/jobs/1"
 
+    proxied = await aiohttp_client(make_app("trusted_proxies = 127.0.0.0/8\n", data_dir=tmp_path / "proxied"))
+    p = Orchestrator(proxied)
+    await p.add_token(DEPLOYER, "deployer", "view_jobs", "edit_jobs")
+    status, body = await p.post("/orchestrator/v1/command/deploy", deploy, **forwarded)
+    assert status == 202
+    assert body["job"]["id"] == "https://reportd.example.com:8143/orchestrator/v1/jobs/1"
+    _, job = await p.get("/orchestrator/v1/jobs/1", token=DEPLOYER)
+    assert job["id"] == f"{p.base}/orchestrator/v1/jobs/1"  # its Host: the address it was sent to
+
     configured = await aiohttp_client(
-        make_app("base_url = https://jobs.example.com/\n", data_dir=tmp_path / "configured")
+        make_app(
+            "base_url = https://jobs.example.com/\ntrusted_proxies = 127.0.0.1\n",
+            data_dir=tmp_path / "configured",
+        )
     )
     c = Orchestrator(configured)
     await c.add_token(DEPLOYER, "deployer", "view_jobs", "edit_jobs")

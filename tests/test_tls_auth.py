@@ -213,6 +213,9 @@ async def test_node_submits_its_own_report(daemon, pki):
     assert {item["transaction_uuid"] for item in items} == {CHANGES_UUID.decode(), YAML_UUID}
     assert all(item["certname"] == SAMPLE_CERTNAME for item in items)
     assert all(item["url"].startswith(f"https://127.0.0.1:{daemon.port}/api/v1/reports/") for item in items)
+    # the links name the TLS listener, whatever Host the client sends
+    answer = await call(daemon, pki, "GET", "/api/v1/reports", token=viewer, headers={"Host": "evil.example"})
+    assert [item["url"] for item in answer.json()["items"]] == [item["url"] for item in items]
 
     # a node certificate uploads; it does not read
     answer = await call(daemon, pki, "GET", "/api/v1/reports", cert="lab")
