@@ -19,6 +19,7 @@ from aiohttp import web
 
 from reportd import PluginContext, Processor, Report, Setting, hookimpl, query, require_permission
 from reportd.formats import Envelope, ReportError
+from reportd.formats.puppet import is_yaml
 from reportd.periodic import drain, every
 from reportd.settings import as_duration, as_positive_int
 from reportd.status import RUN_STATUSES, change_kind, is_stale
@@ -198,7 +199,8 @@ class StoreAPI:
         if row is None:
             raise api_error(404, f"no report {report_id}")
         if request.query.get("format") == "raw":
-            return web.Response(body=row.body, content_type=row.envelope.get("content_type"))
+            # The type the body was read as, never the one the client claimed (text/html...).
+            return web.Response(body=row.body, content_type=_raw_type(row))
         try:
             report = await self.context.parse_report(row.body, Envelope.from_dict(dict(row.envelope)))
         except ReportError as error:
@@ -259,6 +261,15 @@ def _param(params, name: str, read: Callable[[str], T]) -> T | None:
         return read(value)
     except ValueError as error:
         raise api_error(400, f"invalid {name}", {name: str(error)}) from None
+
+
+def _raw_type(row: StoredReport) -> str:
+    if row.format == "puppet":
+        yaml = is_yaml(row.envelope.get("content_type") or "", row.body)
+        return "application/yaml" if yaml else "application/json"  # PSON too
+    if row.format in ("foreman", "chef"):
+        return "application/json"
+    return "application/octet-stream"
 
 
 def _limit(params) -> int:

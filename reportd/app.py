@@ -84,6 +84,7 @@ def create_app(
     context = PluginContext(config, storage, prepared.settings, config.processors, Telemetry(), parser=parser)
     processors = [prepared.processor_classes[name](context) for name in config.processors]
     app = web.Application(client_max_size=config.max_body_size + 1, middlewares=[_error_answers])
+    app.on_response_prepare.append(_security_headers)
     app[CONFIG] = config
     app[STORAGE] = storage
     app[CONTEXT] = context
@@ -132,6 +133,18 @@ async def _error_answers(request: web.Request, handler) -> web.StreamResponse:
     except Exception:
         log.exception("request_failed", method=request.method, path=request.path)
         raise api_error(500, "internal error (reportd logged it)") from None
+
+
+# reportd serves data, never pages: nothing it answers may run as a page of its origin, whatever
+# a stored body holds or a browser would guess its type to be.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(SECURITY_HEADERS)
 
 
 async def _storage_lifecycle(app: web.Application) -> AsyncIterator[None]:
