@@ -20,7 +20,7 @@ import orjson
 
 from reportd import __version__
 from reportd.auth import PERMISSIONS, hash_token, new_token
-from reportd.config import Config, load_config
+from reportd.config import Config, load_config, redacted_url
 from reportd.settings import ConfigError, as_duration, as_listen
 from reportd.storage import Storage, open_storage
 
@@ -443,15 +443,6 @@ def expire(ctx: click.Context) -> None:
     click.echo(f"deleted {reports_deleted} reports and {spool_deleted} spool entries")
 
 
-def _redacted(url: str) -> str:
-    """``url`` without its password, for output."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-
-
 @cli.group()
 def db() -> None:
     """The database schema: status, upgrade; copy a SQLite store into PostgreSQL."""
@@ -463,7 +454,7 @@ def db_status(ctx: click.Context) -> None:
     """Show the schema version the database has and the one this reportd needs."""
     config = _load(ctx)
     status = asyncio.run(open_storage(config.database_url).schema_status())
-    click.echo(f"database: {_redacted(config.database_url)}")
+    click.echo(f"database: {redacted_url(config.database_url)}")
     click.echo(f"schema version: {status.current} (this reportd: {status.latest})")
     if status.current > status.latest:
         raise click.ClickException("the schema is newer than this reportd: upgrade reportd")
@@ -486,7 +477,7 @@ def db_upgrade(ctx: click.Context) -> None:
         applied = asyncio.run(storage.upgrade())
     except SchemaError as error:
         raise click.ClickException(str(error)) from None
-    click.echo(f"database: {_redacted(config.database_url)}")
+    click.echo(f"database: {redacted_url(config.database_url)}")
     if applied:
         click.echo(
             f"schema version {before.current} -> {applied[-1]}: applied {', '.join(map(str, applied))}"
@@ -523,7 +514,7 @@ def db_migrate_from_sqlite(ctx: click.Context, path: Path, dsn: str | None, repl
                                                      progress=progress))  # fmt: skip
     except RuntimeError as error:  # MigrationError, SchemaError
         raise click.ClickException(str(error)) from None
-    click.echo(f"copied {path} (schema version {result.schema_version}) to {_redacted(dsn)}:")
+    click.echo(f"copied {path} (schema version {result.schema_version}) to {redacted_url(dsn)}:")
     for table in result.tables:
         click.echo(f"  {table.name}: {table.rows} rows")
     if result.upgraded:

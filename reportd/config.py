@@ -11,6 +11,8 @@ import configparser
 import fnmatch
 import ipaddress
 import os
+import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -155,6 +157,23 @@ class Config:
 
     def with_overrides(self, **changes: Any) -> Config:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its password masked (in the user part, or asyncpg's ``password=`` and
+    ``sslpassword=`` parameters), for output and logs."""
+    parts = urllib.parse.urlsplit(url)
+    netloc, query = parts.netloc, parts.query
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    query = _QUERY_PASSWORD.sub(r"\1***", query)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # as written: unsplitting would drop the empty authority of sqlite:////path
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+_QUERY_PASSWORD = re.compile(r"(?i)((?:^|&)(?:ssl)?password=)[^&]*")
 
 
 def default_data_dir() -> Path:

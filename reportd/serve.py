@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 
 from reportd.app import create_app
-from reportd.config import Config
+from reportd.config import Config, redacted_url
 from reportd.tls import ServerTLS
 
 log = structlog.get_logger("reportd.serve")
@@ -86,7 +86,7 @@ async def serve(config: Config, pm: pluggy.PluginManager) -> None:
         tls=config.tls_enabled,
         client_certificates=config.tls_ca is not None,
         crl=str(config.tls_crl) if config.tls_crl else None,
-        database=config.database_url,
+        database=redacted_url(config.database_url),
         processors=list(config.processors),
     )
     stop = asyncio.Event()

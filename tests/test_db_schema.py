@@ -183,3 +183,23 @@ async def test_a_newer_schema_is_always_refused(database_url, tmp_path):
         assert result.exit_code == 1, (args, result.output)
         assert "newer than this reportd" in result.output
     assert await asyncio.to_thread(versions, database_url) == [*range(1, LATEST + 1), LATEST + 1]
+
+
+async def test_the_database_password_never_reaches_the_log_or_output(daemon_factory, tmp_path):
+    async with fresh_database() as url:
+        # trust authentication here: the server never asks for the password, so any one connects
+        scheme, rest = url.split("://", 1)
+        user, host_and_db = rest.split("@", 1)
+        with_password = f"{scheme}://{user}:pw-in-netloc@{host_and_db}"
+        daemon = daemon_factory(ini_for(tmp_path, f"database = {with_password}\n")).start()
+        assert daemon.stop() == 0
+        log = daemon.log_path.read_text()
+        assert "pw-in-netloc" not in log
+        (listening,) = [line for line in log.splitlines() if '"event": "listening"' in line]
+        assert f'"database": "{scheme}://{user}:***@{host_and_db}"' in listening
+
+        as_parameter = f"{url}?password=pw-as-parameter&application_name=reportd"
+        status = await asyncio.to_thread(run, write_ini(tmp_path, as_parameter), "db", "status")
+        assert status.exit_code == 0, status.output
+        assert "pw-as-parameter" not in status.output
+        assert f"database: {url}?password=***&application_name=reportd\n" in status.output
