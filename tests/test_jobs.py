@@ -9,6 +9,7 @@ import uuid
 
 import asyncpg
 import pytest
+import structlog
 
 from reportd.auth import hash_token
 from reportd.web import STORAGE
@@ -384,7 +385,7 @@ async def test_a_report_with_an_unknown_job_id_creates_the_job(orchestrator):
     assert (await o.job(4243))["timeout"] == 3600.0  # [reportd] job_timeout
 
 
-async def test_nodes_outside_the_scope_are_added(orchestrator):
+async def test_a_node_outside_a_deployed_scope_is_an_event_not_a_node(orchestrator):
     o = orchestrator
     status, _ = await o.post(
         "/orchestrator/v1/command/deploy",
@@ -392,11 +393,49 @@ async def test_nodes_outside_the_scope_are_added(orchestrator):
     )
     assert status == 202
     await o.report("outside.example.test", "1", failed=True)
-    await o.wait_for_node(1, "outside.example.test", "failed")
-    assert (await o.job(1))["state"] == "running"
+
+    async def noted():
+        _, events = await o.get("/orchestrator/v1/jobs/1/events")
+        return events["items"]
+
+    (event,) = await wait_until(noted)
+    assert (event["type"], event["details"]["node"]) == ("node_outside_scope", "outside.example.test")
+    assert event["details"]["detail"]["report_id"] == await o.report_id("outside.example.test")
+    job = await o.job(1)
+    assert (job["state"], job["node_count"], job["node_states"]) == ("running", 1, states(ready=1))
+    _, nodes = await o.get("/orchestrator/v1/jobs/1/nodes")
+    assert [item["name"] for item in nodes["items"]] == ["in.example.test"]
     await o.report("in.example.test", "1")
-    job = await o.wait_for_job(1, "failed")
-    assert (job["node_count"], job["node_states"]) == (2, states(finished=1, failed=1))
+    job = await o.wait_for_job(1, "finished")  # not failed: outside.example.test's failure does not count
+    assert (job["node_count"], job["node_states"]) == (1, states(finished=1))
+
+
+async def test_a_deploy_to_many_nodes_logs_one_line_also_after_a_restart(backend, aiohttp_client, make_app):
+    nodes = [f"n{n}.t" for n in range(50_000)]
+    with structlog.testing.capture_logs() as logs:
+
+        async def summaries() -> list[dict]:
+            return [line for line in logs if line["event"] == "job_nodes_wait_for_reports"]
+
+        client = await aiohttp_client(make_app(backend))
+        o = Orchestrator(client)
+        await o.add_token(DEPLOYER, "deployer", "view_jobs", "edit_jobs")
+        status, _ = await o.post(
+            "/orchestrator/v1/command/deploy", {"environment": "production", "scope": {"nodes": nodes}}
+        )
+        assert status == 202
+        await wait_until(summaries, within=60)
+        await client.close()
+        restarted = await aiohttp_client(make_app(backend))  # the same database: the job resumes
+        await wait_until(lambda: _at_least(summaries, 2), within=60)
+        await restarted.close()
+    assert [(line["job_id"], line["nodes"]) for line in await summaries()] == [(1, 50_000), (1, 50_000)]
+    assert [line for line in logs if "certname" in line] == []
+    assert len(logs) < 20, [line["event"] for line in logs]
+
+
+async def _at_least(lines, count: int) -> bool:
+    return len(await lines()) >= count
 
 
 async def test_stop_skips_nodes_not_started(orchestrator):
