@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import hmac
 import math
 import multiprocessing
 import sys
@@ -88,7 +89,7 @@ def reportd_declare_settings():
         NAME: {
             "categories": Setting(", ".join(CATEGORIES), as_categories, "metric categories per node"),
             "stale_ttl": Setting("7d", as_duration, "drop a node's series after this silence"),
-            "token": Setting("", as_str, "if set, /metrics needs this bearer token"),
+            "token": Setting("", as_str, "a bearer token that may scrape (else view_reports is needed)"),
             "allow_networks": Setting("", as_networks, "if set, only these addresses may scrape"),
         }
     }
@@ -409,9 +410,14 @@ async def _check_access(request: web.Request, settings: Mapping[str, Any]) -> No
             address = None
         if address is None or not any(address in network for network in networks):
             raise web.HTTPForbidden(text="/metrics is not open to this address")
-    # With a token set, that token, or an API token that may view reports.
-    if settings["token"] and request.headers.get("Authorization", "") != f"Bearer {settings['token']}":
-        await require_permission(request, VIEW_REPORTS)
+    # A scrape lists every node with its status, so it is a read like the store's API: view_reports
+    # (anonymous_networks have it by default), or the scrape token when one is set.
+    token = settings["token"]
+    if token:
+        presented = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        if hmac.compare_digest(presented, f"Bearer {token}".encode()):
+            return
+    await require_permission(request, VIEW_REPORTS)
 
 
 async def _refresh_queue_gauges(app: web.Application, now: float) -> None:

@@ -19,11 +19,12 @@ from aiohttp import web
 
 from reportd import PluginContext, Processor, Report, Setting, hookimpl, query, require_permission
 from reportd.formats import Envelope, ReportError
+from reportd.formats.puppet import is_yaml
 from reportd.periodic import drain, every
 from reportd.settings import as_duration, as_positive_int
 from reportd.status import RUN_STATUSES, change_kind, is_stale
 from reportd.storage import ReportQuery, StoredReport
-from reportd.web import api_error, json_response
+from reportd.web import api_error, json_response, public_base_url
 
 T = TypeVar("T")
 NAME = "store"
@@ -140,7 +141,7 @@ class StoreAPI:
     def report_item(self, request: web.Request, row: StoredReport) -> dict[str, Any]:
         return {
             "id": row.id,
-            "url": f"{request.scheme}://{request.host}/api/v1/reports/{row.id}",
+            "url": f"{public_base_url(request)}/api/v1/reports/{row.id}",
             "certname": row.certname,
             "environment": row.environment,
             "status": row.status,
@@ -185,7 +186,7 @@ class StoreAPI:
         if len(rows) > limit:
             rows = rows[:limit]
             cursor = _encode_cursor(rows[-1].run_time, rows[-1].id)
-            next_url = str(request.url.update_query(cursor=cursor))
+            next_url = public_base_url(request) + str(request.rel_url.update_query(cursor=cursor))
         return json_response({"items": [self.report_item(request, r) for r in rows], "next": next_url})
 
     async def get_report(self, request: web.Request) -> web.Response:
@@ -198,7 +199,8 @@ class StoreAPI:
         if row is None:
             raise api_error(404, f"no report {report_id}")
         if request.query.get("format") == "raw":
-            return web.Response(body=row.body, content_type=row.envelope.get("content_type"))
+            # The type the body was read as, never the one the client claimed (text/html...).
+            return web.Response(body=row.body, content_type=_raw_type(row))
         try:
             report = await self.context.parse_report(row.body, Envelope.from_dict(dict(row.envelope)))
         except ReportError as error:
@@ -223,7 +225,7 @@ class StoreAPI:
             "run_time": _iso(node.run_time),
             "last_received_at": _iso(node.last_received_at),
             "report_id": node.report_id,
-            "report_url": f"{request.scheme}://{request.host}/api/v1/reports/{node.report_id}",
+            "report_url": f"{public_base_url(request)}/api/v1/reports/{node.report_id}",
             "summary": node.summary,
         }
 
@@ -239,7 +241,7 @@ class StoreAPI:
         next_url = None
         if len(rows) > limit:
             rows = rows[:limit]
-            next_url = str(request.url.update_query(cursor=rows[-1].certname))
+            next_url = public_base_url(request) + str(request.rel_url.update_query(cursor=rows[-1].certname))
         now = time.time()
         return json_response({"items": [self.node_item(request, n, now) for n in rows], "next": next_url})
 
@@ -259,6 +261,15 @@ def _param(params, name: str, read: Callable[[str], T]) -> T | None:
         return read(value)
     except ValueError as error:
         raise api_error(400, f"invalid {name}", {name: str(error)}) from None
+
+
+def _raw_type(row: StoredReport) -> str:
+    if row.format == "puppet":
+        yaml = is_yaml(row.envelope.get("content_type") or "", row.body)
+        return "application/yaml" if yaml else "application/json"  # PSON too
+    if row.format in ("foreman", "chef"):
+        return "application/json"
+    return "application/octet-stream"
 
 
 def _limit(params) -> int:

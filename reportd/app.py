@@ -87,6 +87,7 @@ def create_app(
     processors = [prepared.processor_classes[name](context) for name in config.processors]
     app = web.Application(client_max_size=config.max_body_size + 1, middlewares=[_error_answers])
     app.on_response_prepare.append(_close_after_unread_compressed_body)
+    app.on_response_prepare.append(_security_headers)
     app[CONFIG] = config
     app[STORAGE] = storage
     app[CONTEXT] = context
@@ -156,6 +157,18 @@ async def _close_after_unread_compressed_body(request: web.Request, response: we
         content.feed_eof()
         response.force_close()
         response.headers["Connection"] = "close"  # the hook runs after aiohttp set the headers
+
+
+# reportd serves data, never pages: nothing it answers may run as a page of its origin, whatever
+# a stored body holds or a browser would guess its type to be.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+}
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(SECURITY_HEADERS)
 
 
 async def _storage_lifecycle(app: web.Application) -> AsyncIterator[None]:

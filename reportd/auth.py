@@ -2,9 +2,10 @@
 
 Three kinds of credential, any of which may grant permissions:
 
-* a TLS client certificate verified against ``tls_ca``: a node may upload its
-  own reports only (its CN or a DNS SAN must equal the report's certname), a
-  certificate named in ``trusted_forwarders`` may upload for any node;
+* a TLS client certificate verified against ``tls_ca`` (and ``tls_crl``): a node
+  may upload its own reports only, its certificate's CN being its certname as in
+  Puppet's ``auth.conf`` (DNS SANs too with ``node_names_from_san``); a
+  certificate whose CN is named in ``trusted_forwarders`` may upload for any node;
 * an API token (``Authorization: Bearer``, ``X-Authentication``,
   ``X-Data-Collector-Token`` or the password of HTTP Basic), stored hashed,
   carrying named permissions;
@@ -40,6 +41,10 @@ TOKEN_PREFIX = "rpd_"
 class TokenRecord:
     name: str
     permissions: frozenset[str]
+    expires_at: float | None = None  # UNIX time; None: never
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
 
 @dataclass(frozen=True)
@@ -72,13 +77,23 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def certificate_names(peercert: dict | None) -> frozenset[str]:
-    """The certname candidates of a verified peer certificate: CN and DNS SANs."""
+def certificate_certname(peercert: dict | None) -> str | None:
+    """The certname of a verified peer certificate: its CN, as Puppet takes it.
+
+    None without a certificate, and for a subject with no CN or several (no
+    certname Puppet's CA issues looks like that, so none is guessed).
+    """
+    if not peercert:
+        return None
+    names = [value for rdn in peercert.get("subject", ()) for key, value in rdn if key == "commonName"]
+    return names[0] if len(names) == 1 else None
+
+
+def certificate_san_names(peercert: dict | None) -> frozenset[str]:
+    """The DNS names in a verified peer certificate's subjectAltName."""
     if not peercert:
         return frozenset()
-    names = {value for rdn in peercert.get("subject", ()) for key, value in rdn if key == "commonName"}
-    names.update(value for kind, value in peercert.get("subjectAltName", ()) if kind == "DNS")
-    return frozenset(names)
+    return frozenset(value for kind, value in peercert.get("subjectAltName", ()) if kind == "DNS")
 
 
 def request_token(request: web.Request) -> str | None:
@@ -109,9 +124,10 @@ class Authenticator:
         self._networks = config.anonymous_networks
         self._anonymous = config.anonymous_permissions
         self._forwarders = config.trusted_forwarders
+        self._names_from_san = config.node_names_from_san
         self._find_token = find_token
         self._cache: dict[str, tuple[float, TokenRecord | None]] = {}
-        # Revocation takes effect within this many seconds.
+        # Revocation takes effect within this many seconds; expiry on time.
         self._cache_seconds = cache_seconds
 
     async def identify(self, request: web.Request) -> Identity:
@@ -119,12 +135,17 @@ class Authenticator:
         subjects: list[str] = []
         node_names: frozenset[str] | None = None
 
-        cert_names = certificate_names(request.transport.get_extra_info("peercert"))
-        if cert_names:
-            subjects.append("cert:" + min(cert_names))
+        peercert = request.transport.get_extra_info("peercert") if request.transport else None
+        certname = certificate_certname(peercert)
+        if certname is not None:
+            subjects.append("cert:" + certname)
             permissions.add(UPLOAD)
-            if not cert_names & self._forwarders:
-                node_names = cert_names
+            # Puppet's auth.conf matches the CN alone; a DNS SAN names a service the node
+            # may offer (dns_alt_names), not who it is, so it never makes a forwarder.
+            if certname not in self._forwarders:
+                node_names = frozenset({certname})
+                if self._names_from_san:
+                    node_names |= certificate_san_names(peercert)
 
         token = request_token(request)
         if token:
@@ -133,7 +154,7 @@ class Authenticator:
                 subjects.append("token:" + record.name)
                 permissions.update(record.permissions)
 
-        if self._networks and _in_networks(request.remote, self._networks):
+        if self._networks and in_networks(request.remote, self._networks):
             subjects.append("anonymous")
             permissions.update(self._anonymous)
 
@@ -144,15 +165,20 @@ class Authenticator:
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached and cached[0] > now:
-            return cached[1]
-        record = await self._find_token(digest)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[digest] = (now + self._cache_seconds, record)
+            record = cached[1]
+        else:
+            record = await self._find_token(digest)
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (now + self._cache_seconds, record)
+        # Checked at every use, cached or not: an expired token is refused like a revoked one.
+        if record is not None and record.expired(time.time()):
+            return None
         return record
 
 
-def _in_networks(remote: str | None, networks) -> bool:
+def in_networks(remote: str | None, networks) -> bool:
+    """Whether the address ``remote`` (IPv4-mapped IPv6 as IPv4) is inside one of ``networks``."""
     if not remote:
         return False
     try:

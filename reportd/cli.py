@@ -20,8 +20,8 @@ import orjson
 
 from reportd import __version__
 from reportd.auth import PERMISSIONS, hash_token, new_token
-from reportd.config import Config, load_config
-from reportd.settings import ConfigError, as_listen
+from reportd.config import Config, load_config, redacted_url
+from reportd.settings import ConfigError, as_duration, as_listen
 from reportd.storage import Storage, open_storage
 
 T = TypeVar("T")
@@ -443,15 +443,6 @@ def expire(ctx: click.Context) -> None:
     click.echo(f"deleted {reports_deleted} reports and {spool_deleted} spool entries")
 
 
-def _redacted(url: str) -> str:
-    """``url`` without its password, for output."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-
-
 @cli.group()
 def db() -> None:
     """The database schema: status, upgrade; copy a SQLite store into PostgreSQL."""
@@ -463,7 +454,7 @@ def db_status(ctx: click.Context) -> None:
     """Show the schema version the database has and the one this reportd needs."""
     config = _load(ctx)
     status = asyncio.run(open_storage(config.database_url).schema_status())
-    click.echo(f"database: {_redacted(config.database_url)}")
+    click.echo(f"database: {redacted_url(config.database_url)}")
     click.echo(f"schema version: {status.current} (this reportd: {status.latest})")
     if status.current > status.latest:
         raise click.ClickException("the schema is newer than this reportd: upgrade reportd")
@@ -486,7 +477,7 @@ def db_upgrade(ctx: click.Context) -> None:
         applied = asyncio.run(storage.upgrade())
     except SchemaError as error:
         raise click.ClickException(str(error)) from None
-    click.echo(f"database: {_redacted(config.database_url)}")
+    click.echo(f"database: {redacted_url(config.database_url)}")
     if applied:
         click.echo(
             f"schema version {before.current} -> {applied[-1]}: applied {', '.join(map(str, applied))}"
@@ -523,7 +514,7 @@ def db_migrate_from_sqlite(ctx: click.Context, path: Path, dsn: str | None, repl
                                                      progress=progress))  # fmt: skip
     except RuntimeError as error:  # MigrationError, SchemaError
         raise click.ClickException(str(error)) from None
-    click.echo(f"copied {path} (schema version {result.schema_version}) to {_redacted(dsn)}:")
+    click.echo(f"copied {path} (schema version {result.schema_version}) to {redacted_url(dsn)}:")
     for table in result.tables:
         click.echo(f"  {table.name}: {table.rows} rows")
     if result.upgraded:
@@ -533,6 +524,19 @@ def db_migrate_from_sqlite(ctx: click.Context, path: Path, dsn: str | None, repl
 @cli.group()
 def token() -> None:
     """API tokens: create, list, revoke."""
+
+
+def _expiry(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """``--expires``: a duration as the INI writes them, in seconds."""
+    if value is None:
+        return None
+    try:
+        seconds = as_duration(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param=param) from None
+    if seconds <= 0:
+        raise click.BadParameter(f"expected a duration longer than 0, got {value!r}", param=param)
+    return seconds
 
 
 @token.command("create")
@@ -546,13 +550,23 @@ def token() -> None:
     type=click.Choice(sorted(PERMISSIONS)),
     help="repeat for several",
 )
+@click.option(
+    "--expires",
+    metavar="DURATION",
+    callback=_expiry,
+    help="refused after this long (90d, 12h, 30m; default: never)",
+)
 @click.pass_context
-def token_create(ctx: click.Context, name: str, permissions: tuple[str, ...]) -> None:
+def token_create(ctx: click.Context, name: str, permissions: tuple[str, ...], expires: float | None) -> None:
     """Create a token; prints it alone on stdout (it is not shown again)."""
     config = _load(ctx)
     secret = new_token()
+    now = time.time()
+    expires_at = now + expires if expires is not None else None
     try:
-        _with_storage(config, lambda s: s.create_token(name, hash_token(secret), permissions, time.time()))
+        _with_storage(
+            config, lambda s: s.create_token(name, hash_token(secret), permissions, now, expires_at)
+        )
     except KeyError:
         raise click.ClickException(f"a token named {name!r} exists") from None
     click.echo(secret)
@@ -561,10 +575,18 @@ def token_create(ctx: click.Context, name: str, permissions: tuple[str, ...]) ->
 @token.command("list")
 @click.pass_context
 def token_list(ctx: click.Context) -> None:
-    """List tokens (names and permissions, never the secrets)."""
+    """List tokens: name, creation, expiry, permissions (never the secrets)."""
     config = _load(ctx)
+    now = time.time()
     for entry in _with_storage(config, lambda s: s.list_tokens()):
-        click.echo(f"{entry['name']:<24} {_iso(entry['created_at'])}  {','.join(entry['permissions'])}")
+        expires_at = entry["expires_at"]
+        if expires_at is None:
+            expiry = "no expiry"
+        else:
+            expiry = f"{'expired' if expires_at <= now else 'expires'} {_iso(expires_at)}"
+        click.echo(
+            f"{entry['name']:<24} {_iso(entry['created_at'])}  {expiry:<28}  {','.join(entry['permissions'])}"
+        )
 
 
 @token.command("revoke")

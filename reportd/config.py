@@ -11,6 +11,8 @@ import configparser
 import fnmatch
 import ipaddress
 import os
+import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -83,6 +85,9 @@ CORE_SETTINGS: dict[str, Setting] = {
     "stale_after": Setting("2h", as_duration, "a node is stale after this silence"),
     "base_url": Setting("", _base_url, "reportd's public URL, for absolute URLs in answers"),
     "job_timeout": Setting("1h", as_duration, "timeout of a deploy that names none"),
+    "node_names_from_san": Setting("false", as_bool, "a node certificate's DNS SANs are its names too"),
+    "tls_crl": Setting("", as_path, "CRL (PEM) of tls_ca, re-read when it changes"),
+    "trusted_proxies": Setting("", as_networks, "peers whose Host and X-Forwarded-* name reportd"),
 }
 
 
@@ -138,6 +143,9 @@ class Config:
     stale: StaleRules
     source: str = "<defaults>"
     plugin_sections: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    node_names_from_san: bool = False
+    tls_crl: Path | None = None
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @property
     def tls_enabled(self) -> bool:
@@ -149,6 +157,23 @@ class Config:
 
     def with_overrides(self, **changes: Any) -> Config:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its password masked (in the user part, or asyncpg's ``password=`` and
+    ``sslpassword=`` parameters), for output and logs."""
+    parts = urllib.parse.urlsplit(url)
+    netloc, query = parts.netloc, parts.query
+    userinfo, at, hostport = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    query = _QUERY_PASSWORD.sub(r"\1***", query)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # as written: unsplitting would drop the empty authority of sqlite:////path
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+_QUERY_PASSWORD = re.compile(r"(?i)((?:^|&)(?:ssl)?password=)[^&]*")
 
 
 def default_data_dir() -> Path:
@@ -204,7 +229,9 @@ def load_config_string(text: str, *, source: str = "<string>") -> Config:
         raise ConfigError(f"{source}: [reportd] tls_key: tls_cert and tls_key go together")
     if core["tls_ca"] is not None and core["tls_cert"] is None:
         raise ConfigError(f"{source}: [reportd] tls_ca: needs tls_cert and tls_key")
-    for key in ("tls_cert", "tls_key", "tls_ca"):
+    if core["tls_crl"] is not None and core["tls_ca"] is None:
+        raise ConfigError(f"{source}: [reportd] tls_crl: needs tls_ca")
+    for key in ("tls_cert", "tls_key", "tls_ca", "tls_crl"):
         if core[key] is not None and not core[key].is_file():
             raise ConfigError(f"{source}: [reportd] {key}: no such file: {core[key]}")
     database = core["database"]

@@ -7,7 +7,6 @@ import gc
 import os
 import signal
 import socket
-import ssl
 import sys
 
 import pluggy
@@ -15,26 +14,10 @@ import structlog
 from aiohttp import web
 
 from reportd.app import create_app
-from reportd.config import Config
+from reportd.config import Config, redacted_url
+from reportd.tls import ServerTLS
 
 log = structlog.get_logger("reportd.serve")
-
-
-def server_ssl_context(config: Config) -> ssl.SSLContext | None:
-    """TLS for the listener; with ``tls_ca`` clients may present a certificate.
-
-    Client certificates are optional at the TLS layer (API clients use tokens)
-    but verified when presented; what a certificate may do is decided per
-    request (:mod:`reportd.auth`).
-    """
-    if not config.tls_enabled:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.tls_cert, config.tls_key)
-    if config.tls_ca is not None:
-        context.load_verify_locations(cafile=config.tls_ca)
-        context.verify_mode = ssl.CERT_OPTIONAL
-    return context
 
 
 def tune_garbage_collector() -> None:
@@ -78,7 +61,11 @@ def notify_systemd(state: str) -> None:
 
 async def serve(config: Config, pm: pluggy.PluginManager) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting and drain (bounded)."""
+    # Certificates and CRL are read first: a bad one stops the start before anything opens.
+    tls = ServerTLS(config) if config.tls_enabled else None
     app = create_app(config, pm)
+    if tls is not None and config.tls_crl is not None:
+        app.on_response_prepare.append(tls.close_stale_connections)
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_timeout
     )
@@ -86,7 +73,7 @@ async def serve(config: Config, pm: pluggy.PluginManager) -> None:
     tune_garbage_collector()
     shorten_switch_interval()
     host, port = config.listen
-    site = web.TCPSite(runner, host, port, ssl_context=server_ssl_context(config), backlog=1024)
+    site = web.TCPSite(runner, host, port, ssl_context=tls.listener_context() if tls else None, backlog=1024)
     try:
         await site.start()
     except OSError as error:
@@ -98,7 +85,8 @@ async def serve(config: Config, pm: pluggy.PluginManager) -> None:
         addresses=[f"{h}:{p}" for h, p in bound],
         tls=config.tls_enabled,
         client_certificates=config.tls_ca is not None,
-        database=config.database_url,
+        crl=str(config.tls_crl) if config.tls_crl else None,
+        database=redacted_url(config.database_url),
         processors=list(config.processors),
     )
     stop = asyncio.Event()

@@ -1,7 +1,9 @@
-"""Application keys, error bodies of each API family, authentication and body reading."""
+"""Application keys, error bodies of each API family, authentication, body reading, public URLs."""
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -9,7 +11,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from reportd.auth import Authenticator, Identity
+from reportd.auth import Authenticator, Identity, in_networks
 
 if TYPE_CHECKING:
     from reportd.parsing import Share
@@ -111,5 +113,48 @@ def _encoded(request: web.Request) -> bool:
     return request.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
 
 
-def base_url(request: web.Request) -> str:
-    return f"{request.scheme}://{request.host}"
+def public_base_url(request: web.Request) -> str:
+    """reportd's URL for the absolute URLs in an answer, without a trailing slash.
+
+    ``[reportd] base_url`` when set. Else, for a peer in ``trusted_proxies``, the
+    URL the proxy says the client used (``X-Forwarded-Proto`` and
+    ``X-Forwarded-Host``, else its ``Host``). Else the address the request came
+    in on, with the listener's scheme: the ``Host`` and ``X-Forwarded-*`` of any
+    other client are not used, since they would put any name into the links.
+    """
+    config = request.app[CONFIG]
+    if config.base_url:
+        return config.base_url
+    if config.trusted_proxies and in_networks(request.remote, config.trusted_proxies):
+        proto = _first(request.headers.get("X-Forwarded-Proto")).lower()
+        host = _first(request.headers.get("X-Forwarded-Host")) or request.headers.get("Host", "")
+        if _HOST.fullmatch(host):
+            return f"{proto if proto in ('http', 'https') else request.scheme}://{host}"
+    return _listener_url(request)
+
+
+_HOST = re.compile(r"[A-Za-z0-9.\-_]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+def _first(value: str | None) -> str:
+    """The first of a comma-separated header's values: what the proxy nearest the client set."""
+    return (value or "").split(",")[0].strip()
+
+
+def _listener_url(request: web.Request) -> str:
+    scheme = request.scheme  # from the connection: https on a TLS listener
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if isinstance(sockname, tuple):
+        host, port = sockname[0], sockname[1]
+    else:
+        host, port = request.app[CONFIG].listen
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        if address.version == 6 and address.ipv4_mapped:  # a dual-stack listener
+            address = address.ipv4_mapped
+        host = f"[{address}]" if address.version == 6 else str(address)
+    default_port = {"http": 80, "https": 443}[scheme]
+    return f"{scheme}://{host}" if port == default_port else f"{scheme}://{host}:{port}"

@@ -11,7 +11,9 @@ import orjson
 import pytest
 from click.testing import CliRunner, Result
 
+from reportd.auth import hash_token
 from reportd.cli import cli
+from reportd.web import STORAGE
 from tests.conftest import LOCAL_PLUGINS, PUPPET, SAMPLE_CERTNAME, ini_for, sample
 
 STORE_PLUGIN = Path(__file__).parent.parent / "plugins" / "store.py"
@@ -202,6 +204,62 @@ async def test_cli_token_works_against_the_app(ini, make_app, aiohttp_client):
     assert response.status == 200
     assert (await response.json())["items"] == []
     response = await client.get("/api/v1/reports", headers={"Authorization": f"Bearer {secret}x"})
+    assert response.status == 403
+
+
+async def test_an_expired_token_is_refused(ini, make_app, aiohttp_client):
+    path = str(ini())
+    client = await aiohttp_client(make_app("anonymous_networks =\n"))
+    for bad in ("soon", "0s"):
+        refused = await asyncio.to_thread(
+            run, "-c", path, "token", "create", "x", "-p", "admin", "--expires", bad
+        )
+        assert refused.exit_code == 2 and "--expires" in refused.stderr
+    forever = (
+        await asyncio.to_thread(run, "-c", path, "token", "create", "forever", "-p", "view_reports")
+    ).stdout
+    created = await asyncio.to_thread(
+        run, "-c", path, "token", "create", "brief", "-p", "view_reports", "--expires", "2s"
+    )
+    assert created.exit_code == 0, created.output
+    expires_at = time.time() + 2  # at the latest
+    brief = created.stdout.strip()
+
+    async def status(secret: str) -> int:
+        response = await client.get("/api/v1/reports", headers={"Authorization": f"Bearer {secret.strip()}"})
+        return response.status
+
+    assert await status(brief) == 200  # and now cached for 5 s
+    listed = (await asyncio.to_thread(run, "-c", path, "token", "list")).stdout.splitlines()
+    assert [line.split()[2:4] for line in listed] == [["expires", listed[0].split()[3]], ["no", "expiry"]]
+    assert time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at)) >= listed[0].split()[3]
+    await asyncio.sleep(max(0.0, expires_at - time.time()) + 0.1)
+    # within the 5 s cache of the lookup: the expiry applies on time regardless
+    assert await status(brief) == 403
+    assert await status(forever) == 200
+    listed = (await asyncio.to_thread(run, "-c", path, "token", "list")).stdout.splitlines()
+    assert listed[0].split()[0] == "brief" and listed[0].split()[2] == "expired"
+    assert listed[0].split()[-1] == "view_reports"
+
+
+async def test_a_stored_expiry_is_refused_on_every_api(make_app, aiohttp_client):
+    client = await aiohttp_client(make_app("anonymous_networks =\n"))
+    storage = client.app[STORAGE]
+    everything = ["admin"]
+    await storage.create_token("past", hash_token("rpd_past"), everything, time.time() - 60, time.time() - 1)
+    await storage.create_token(
+        "future", hash_token("rpd_future"), everything, time.time(), time.time() + 3600
+    )
+    schedules = "/api/v1/reports/schedules?paginate=true&page=1&page_size=20"
+    for path in ("/api/v1/reports", "/orchestrator/v1/jobs", schedules, "/metrics"):
+        past = await client.get(path, headers={"X-Authentication": "rpd_past"})
+        future = await client.get(path, headers={"X-Authentication": "rpd_future"})
+        assert (past.status, future.status) == (403, 200), path
+    response = await client.put(
+        f"/puppet/v3/report/{SAMPLE_CERTNAME}?environment=production",
+        data=sample("agent-changes.json"),
+        headers={"Content-Type": "application/json", "Authorization": "Bearer rpd_past"},
+    )
     assert response.status == 403
 
 

@@ -272,3 +272,25 @@ def test_default_section_is_an_unknown_section():
     for text in ("[DEFAULT]\nlisten = 10.0.0.1:1\n", "[DEFAULT]\nlisten = 10.0.0.1:1\n[reportd]\n"):
         with pytest.raises(ConfigError, match=r"^d\.ini: \[DEFAULT\]: unknown section$"):
             load_config_string(text, source="d.ini")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("sqlite:////var/lib/reportd/reportd.sqlite3", "sqlite:////var/lib/reportd/reportd.sqlite3"),
+        ("postgresql://reportd@db/reportd", "postgresql://reportd@db/reportd"),
+        (
+            "postgresql://reportd:s3cr%40t@db:5432/reportd?sslmode=require",
+            "postgresql://reportd:***@db:5432/reportd?sslmode=require",
+        ),
+        ("postgres://reportd:a:b@c@db/reportd", "postgres://reportd:***@db/reportd"),
+        (
+            "postgresql://db/reportd?user=r&PASSWORD=x&sslpassword=y",
+            "postgresql://db/reportd?user=r&PASSWORD=***&sslpassword=***",
+        ),
+    ],
+)
+def test_database_urls_are_shown_without_passwords(url, shown):
+    from reportd.config import redacted_url
+
+    assert redacted_url(url) == shown

@@ -66,7 +66,9 @@ async def fill(aiohttp_client, make_app, data_dir) -> None:
             entry = InboxEntry(f"later-{n}", "later.example.test", "puppet", 1_700_000_000.0 + n,
                                {"content_type": "application/json"}, b'{"later": %d}' % n)  # fmt: skip
             await storage.accept(entry, ["later"])
-        await storage.create_token("ci", "hash-of-ci", ["view_reports", "admin"], 1_700_000_000.5)
+        await storage.create_token(
+            "ci", "hash-of-ci", ["view_reports", "admin"], 1_700_000_000.5, 1_900_000_000.25
+        )
         await storage.create_token("agents", "hash-of-agents", ["upload_config_reports"], 1_700_000_001.0)
         assert await storage.record_run_start("chef", "chef1.example.test", "run-1", 1_700_000_002.25, 1.0)
         assert await storage.record_run_start("chef", "chef1.example.test", "run-2", None, 2.0)

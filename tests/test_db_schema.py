@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 from click.testing import CliRunner, Result
 
+from reportd.auth import TokenRecord
 from reportd.cli import cli
 from reportd.storage import SchemaError, open_storage, postgres, sqlite
 from tests.conftest import ini_for
@@ -23,7 +24,7 @@ LATEST = len(sqlite.MIGRATIONS)
 
 
 def test_both_backends_have_the_same_versions():
-    assert len(postgres.MIGRATIONS) == LATEST >= 4
+    assert len(postgres.MIGRATIONS) == LATEST >= 5  # 5: tokens.expires_at
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -109,6 +110,28 @@ async def test_upgrade_applies_only_the_pending_migrations(database_url):
     assert (await storage.schema_status()).pending == []
 
 
+async def test_tokens_made_before_expiry_existed_never_expire(database_url):
+    storage = open_storage(database_url)
+    assert await storage.upgrade(up_to=4) == [1, 2, 3, 4]
+    insert = "INSERT INTO tokens (name, token_hash, permissions, created_at) VALUES ('old', 'hash-old', 'admin', 1)"
+    if database_url.startswith("sqlite:///"):
+        with sqlite3.connect(database_url.removeprefix("sqlite:///")) as conn:
+            conn.execute(insert)
+    else:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(insert)
+        finally:
+            await conn.close()
+    assert await storage.upgrade() == list(range(5, LATEST + 1))
+    await storage.open()
+    try:
+        assert await storage.find_token("hash-old") == TokenRecord("old", frozenset({"admin"}), None)
+        assert [t["expires_at"] for t in await storage.list_tokens()] == [None]
+    finally:
+        await storage.close()
+
+
 async def test_concurrent_upgrades_apply_each_migration_once(database_url):
     results = await asyncio.gather(*(open_storage(database_url).upgrade() for _ in range(3)))
     assert sorted(v for applied in results for v in applied) == list(range(1, LATEST + 1))
@@ -160,3 +183,23 @@ async def test_a_newer_schema_is_always_refused(database_url, tmp_path):
         assert result.exit_code == 1, (args, result.output)
         assert "newer than this reportd" in result.output
     assert await asyncio.to_thread(versions, database_url) == [*range(1, LATEST + 1), LATEST + 1]
+
+
+async def test_the_database_password_never_reaches_the_log_or_output(daemon_factory, tmp_path):
+    async with fresh_database() as url:
+        # trust authentication here: the server never asks for the password, so any one connects
+        scheme, rest = url.split("://", 1)
+        user, host_and_db = rest.split("@", 1)
+        with_password = f"{scheme}://{user}:pw-in-netloc@{host_and_db}"
+        daemon = daemon_factory(ini_for(tmp_path, f"database = {with_password}\n")).start()
+        assert daemon.stop() == 0
+        log = daemon.log_path.read_text()
+        assert "pw-in-netloc" not in log
+        (listening,) = [line for line in log.splitlines() if '"event": "listening"' in line]
+        assert f'"database": "{scheme}://{user}:***@{host_and_db}"' in listening
+
+        as_parameter = f"{url}?password=pw-as-parameter&application_name=reportd"
+        status = await asyncio.to_thread(run, write_ini(tmp_path, as_parameter), "db", "status")
+        assert status.exit_code == 0, status.output
+        assert "pw-as-parameter" not in status.output
+        assert f"database: {url}?password=***&application_name=reportd\n" in status.output

@@ -151,9 +151,32 @@ async def test_unknown_job_and_outside_nodes(storage):
     )
     assert [s.state for s in job.status] == ["new", "ready", "running", "finished"]
     assert await storage.create_job(new_job("y"), T0) == 82  # deploys continue above report-created ids
+    # a job that reports created takes in every node that reports, and its verdict follows them
+    assert await storage.record_node_outcome(outcome(81, "x2", 2, state="failed"), T0 + 1)
+    job = await storage.get_job(81)
+    assert (job.state, job.node_states) == ("failed", {"finished": 1, "failed": 1})
+
+
+async def test_a_node_outside_a_deployed_scope_does_not_join_the_job(storage):
     job_id = await deployed(storage, "in")
-    await storage.record_node_outcome(outcome(job_id, "out", 2), T0 + 3)
-    assert (await storage.get_job(job_id)).node_states == {"ready": 1, "finished": 1}
+    assert await storage.record_node_outcome(outcome(job_id, "out", 2, state="failed"), T0 + 3)
+    assert not await storage.record_node_outcome(outcome(job_id, "out", 2, state="failed"), T0 + 4)  # again
+    job = await storage.get_job(job_id)
+    assert (job.state, job.node_states) == ("running", {"ready": 1})
+    assert [n.certname for n in await storage.job_nodes(job_id)] == ["in"]
+    (event,) = await storage.job_events(job_id, 0)
+    assert (event.type, event.certname, event.timestamp) == ("node_outside_scope", "out", T0 + 3)
+    assert event.detail == {"report_id": 2, "state": "failed", "metrics": {"total": 3}}
+    assert event.message == f"out is not in the scope of job {job_id}: its report is not counted (failed out)"
+    # the node of the scope decides alone, and a later report from outside changes nothing
+    assert await storage.record_node_outcome(outcome(job_id, "in", 3), T0 + 5)
+    assert await storage.record_node_outcome(outcome(job_id, "out", 4, state="failed", start=T0 + 9), T0 + 10)
+    job = await storage.get_job(job_id)
+    assert (job.state, job.node_states) == ("finished", {"finished": 1})
+    events = await storage.job_events(job_id, 0)
+    assert [(e.type, e.certname) for e in events] == [
+        ("node_outside_scope", "out"), ("node_finished", "in"), ("job_finished", None), ("node_outside_scope", "out")
+    ]  # fmt: skip
 
 
 async def test_timeouts_are_applied_once(storage):

@@ -9,6 +9,7 @@ import uuid
 
 import asyncpg
 import pytest
+import structlog
 
 from reportd.auth import hash_token
 from reportd.web import STORAGE
@@ -384,7 +385,7 @@ async def test_a_report_with_an_unknown_job_id_creates_the_job(orchestrator):
     assert (await o.job(4243))["timeout"] == 3600.0  # [reportd] job_timeout
 
 
-async def test_nodes_outside_the_scope_are_added(orchestrator):
+async def test_a_node_outside_a_deployed_scope_is_an_event_not_a_node(orchestrator):
     o = orchestrator
     status, _ = await o.post(
         "/orchestrator/v1/command/deploy",
@@ -392,11 +393,49 @@ async def test_nodes_outside_the_scope_are_added(orchestrator):
     )
     assert status == 202
     await o.report("outside.example.test", "1", failed=True)
-    await o.wait_for_node(1, "outside.example.test", "failed")
-    assert (await o.job(1))["state"] == "running"
+
+    async def noted():
+        _, events = await o.get("/orchestrator/v1/jobs/1/events")
+        return events["items"]
+
+    (event,) = await wait_until(noted)
+    assert (event["type"], event["details"]["node"]) == ("node_outside_scope", "outside.example.test")
+    assert event["details"]["detail"]["report_id"] == await o.report_id("outside.example.test")
+    job = await o.job(1)
+    assert (job["state"], job["node_count"], job["node_states"]) == ("running", 1, states(ready=1))
+    _, nodes = await o.get("/orchestrator/v1/jobs/1/nodes")
+    assert [item["name"] for item in nodes["items"]] == ["in.example.test"]
     await o.report("in.example.test", "1")
-    job = await o.wait_for_job(1, "failed")
-    assert (job["node_count"], job["node_states"]) == (2, states(finished=1, failed=1))
+    job = await o.wait_for_job(1, "finished")  # not failed: outside.example.test's failure does not count
+    assert (job["node_count"], job["node_states"]) == (1, states(finished=1))
+
+
+async def test_a_deploy_to_many_nodes_logs_one_line_also_after_a_restart(backend, aiohttp_client, make_app):
+    nodes = [f"n{n}.t" for n in range(50_000)]
+    with structlog.testing.capture_logs() as logs:
+
+        async def summaries() -> list[dict]:
+            return [line for line in logs if line["event"] == "job_nodes_wait_for_reports"]
+
+        client = await aiohttp_client(make_app(backend))
+        o = Orchestrator(client)
+        await o.add_token(DEPLOYER, "deployer", "view_jobs", "edit_jobs")
+        status, _ = await o.post(
+            "/orchestrator/v1/command/deploy", {"environment": "production", "scope": {"nodes": nodes}}
+        )
+        assert status == 202
+        await wait_until(summaries, within=60)
+        await client.close()
+        restarted = await aiohttp_client(make_app(backend))  # the same database: the job resumes
+        await wait_until(lambda: _at_least(summaries, 2), within=60)
+        await restarted.close()
+    assert [(line["job_id"], line["nodes"]) for line in await summaries()] == [(1, 50_000), (1, 50_000)]
+    assert [line for line in logs if "certname" in line] == []
+    assert len(logs) < 20, [line["event"] for line in logs]
+
+
+async def _at_least(lines, count: int) -> bool:
+    return len(await lines()) >= count
 
 
 async def test_stop_skips_nodes_not_started(orchestrator):
@@ -599,23 +638,33 @@ async def test_permissions(orchestrator):
     assert (await o.post("/orchestrator/v1/command/stop", {"job": "1"}, token="rpd_admin"))[0] == 202
 
 
-async def test_absolute_urls_follow_the_proxy_or_base_url(aiohttp_client, make_app, tmp_path):
-    client = await aiohttp_client(make_app())
+async def test_absolute_urls_follow_a_trusted_proxy_or_base_url(aiohttp_client, make_app, tmp_path):
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "reportd.example.com:8143"}
+    deploy = {"environment": "production", "scope": {"nodes": ["a.example.test"]}}
+    # a client that is no trusted proxy names nothing: the links are the listener's own
+    client = await aiohttp_client(make_app(data_dir=tmp_path / "direct"))
     o = Orchestrator(client)
     await o.add_token(DEPLOYER, "deployer", "view_jobs", "edit_jobs")
-    deploy = {"environment": "production", "scope": {"nodes": ["a.example.test"]}}
-    status, body = await o.post(
-        "/orchestrator/v1/command/deploy",
-        deploy,
-        **{"X-Forwarded-Proto": "https", "X-Forwarded-Host": "reportd.example.com:8143"},
-    )
+    status, body = await o.post("/orchestrator/v1/command/deploy", deploy, Host="evil.example", **forwarded)
     assert status == 202
-    assert body["job"]["id"] == "https://reportd.example.com:8143/orchestrator/v1/jobs/1"
-    _, job = await o.get("/orchestrator/v1/jobs/1", token=DEPLOYER)
+    assert body["job"]["id"] == f"{o.base}/orchestrator/v1/jobs/1"
+    _, job = await o.get("/orchestrator/v1/jobs/1", token=DEPLOYER, Host="evil.example")
     assert job["id"] == f"{o.base}/orchestrator/v1/jobs/1"
 
+    proxied = await aiohttp_client(make_app("trusted_proxies = 127.0.0.0/8\n", data_dir=tmp_path / "proxied"))
+    p = Orchestrator(proxied)
+    await p.add_token(DEPLOYER, "deployer", "view_jobs", "edit_jobs")
+    status, body = await p.post("/orchestrator/v1/command/deploy", deploy, **forwarded)
+    assert status == 202
+    assert body["job"]["id"] == "https://reportd.example.com:8143/orchestrator/v1/jobs/1"
+    _, job = await p.get("/orchestrator/v1/jobs/1", token=DEPLOYER)
+    assert job["id"] == f"{p.base}/orchestrator/v1/jobs/1"  # its Host: the address it was sent to
+
     configured = await aiohttp_client(
-        make_app("base_url = https://jobs.example.com/\n", data_dir=tmp_path / "configured")
+        make_app(
+            "base_url = https://jobs.example.com/\ntrusted_proxies = 127.0.0.1\n",
+            data_dir=tmp_path / "configured",
+        )
     )
     c = Orchestrator(configured)
     await c.add_token(DEPLOYER, "deployer", "view_jobs", "edit_jobs")

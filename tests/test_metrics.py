@@ -199,6 +199,54 @@ async def test_categories_stale_ttl_and_token(aiohttp_client, make_app):
     assert value(s, "puppet_report_resources", **node(name="Changed")) is None
 
 
+async def test_scraping_is_a_read_that_needs_view_reports(aiohttp_client, make_app):
+    from reportd.auth import hash_token
+    from reportd.web import STORAGE
+
+    client = await aiohttp_client(make_app("anonymous_networks =\n", processors="store, metrics"))
+    storage = client.app[STORAGE]
+    await storage.create_token("viewer", hash_token("rpd_viewer"), ["view_reports"], time.time())
+    await storage.create_token("up", hash_token("rpd_up"), ["upload_config_reports"], time.time())
+    response = await client.put(f"/puppet/v3/report/{HOST}?environment=production", data=sample("agent-changes.json"),
+                                headers={"Content-Type": "application/json", "Authorization": "Bearer rpd_up"})  # fmt: skip
+    assert response.status == 200
+    for headers in ({}, {"Authorization": "Bearer rpd_up"}, {"Authorization": "Bearer rpd_nothing"}):
+        response = await client.get("/metrics", headers=headers)
+        assert response.status == 403, headers
+        assert await response.json() == {
+            "error": {"message": "Access denied", "details": {"missing_permissions": ["view_reports"]}}
+        }
+        assert HOST not in await response.text()
+
+    async def listed() -> bool:
+        return (
+            value(
+                await scrape(client, Authorization="Bearer rpd_viewer"),
+                "puppet_status",
+                **node(state="changed"),
+            )
+            == 1
+        )
+
+    await wait_until(listed)
+
+
+async def test_the_scrape_token_is_compared_whole(aiohttp_client, make_app):
+    from reportd.auth import hash_token
+    from reportd.web import STORAGE
+
+    plugins = "[plugin:metrics]\ntoken = s3cret\n"
+    client = await aiohttp_client(
+        make_app("anonymous_networks =\n", processors="store, metrics", plugins=plugins)
+    )
+    for wrong in ("Bearer s3creT", "Bearer s3cre", "Bearer s3cretX", "s3cret", "Bearer ş3cret"):
+        assert (await client.get("/metrics", headers={"Authorization": wrong})).status == 403, wrong
+    await scrape(client, Authorization="Bearer s3cret")
+    # an API token that may read reports scrapes too
+    await client.app[STORAGE].create_token("viewer", hash_token("rpd_viewer"), ["view_reports"], time.time())
+    await scrape(client, Authorization="Bearer rpd_viewer")
+
+
 async def test_series_are_rebuilt_from_the_store_after_a_restart(daemon_factory, tmp_path):
     ini = ini_for(tmp_path / "data", processors="store, metrics")
     daemon = daemon_factory(ini).start()

@@ -502,14 +502,18 @@ async def test_tokens(storage):
     assert await storage.find_token("hash-ci") == TokenRecord("ci", frozenset({"read", "admin"}))
     assert await storage.find_token("hash-bare") == TokenRecord("bare", frozenset())
     assert await storage.find_token("hash-other") is None
+    await storage.create_token("brief", "hash-brief", ["read"], now=T0 + 3, expires_at=T0 + 90.5)
+    # an expired token is still found: whoever asks compares the expiry with its own clock
+    assert await storage.find_token("hash-brief") == TokenRecord("brief", frozenset({"read"}), T0 + 90.5)
     assert await storage.list_tokens() == [
-        {"name": "bare", "permissions": [], "created_at": T0 + 1},
-        {"name": "ci", "permissions": ["admin", "read"], "created_at": T0},
+        {"name": "bare", "permissions": [], "created_at": T0 + 1, "expires_at": None},
+        {"name": "brief", "permissions": ["read"], "created_at": T0 + 3, "expires_at": T0 + 90.5},
+        {"name": "ci", "permissions": ["admin", "read"], "created_at": T0, "expires_at": None},
     ]
     assert await storage.revoke_token("ci") is True
     assert await storage.revoke_token("ci") is False
     assert await storage.find_token("hash-ci") is None
-    assert [t["name"] for t in await storage.list_tokens()] == ["bare"]
+    assert [t["name"] for t in await storage.list_tokens()] == ["bare", "brief"]
 
 
 # -- backends ----------------------------------------------------------------------------------------

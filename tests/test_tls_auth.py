@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 import ssl
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
 import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
+from reportd.auth import certificate_certname, certificate_san_names
+from reportd.config import load_config_string
+from reportd.settings import ConfigError
 from tests.conftest import SAMPLE_CERTNAME, Daemon, ini_for, sample
 
 OTHER = "other.example.test"
 FORWARDER = "puppetserver.example.test"
+SNEAKY = "sneaky.example.test"
+DOOMED = "doomed.example.test"
+ALIAS = "alias.example.test"
 CHANGES_UUID = b"3e230e53-402f-4e33-bffa-4dcbd3e4f65e"
 PUT_PATH = f"/puppet/v3/report/{SAMPLE_CERTNAME}?environment=production"
 YAML = sample("http-processor-failure.yaml")
@@ -32,6 +42,8 @@ class PKI:
     server_cert: Path
     server_key: Path
     clients: dict[str, ssl.SSLContext]
+    authority: trustme.CA
+    leaves: dict[str, trustme.LeafCert]
 
 
 def _write_leaf(leaf: trustme.LeafCert, path: Path) -> Path:
@@ -56,6 +68,10 @@ def pki(tmp_path_factory) -> PKI:
         # the certname as the CN only, or as a DNS SAN only
         "lab-cn": ca.issue_cert("alias.example.test", common_name=SAMPLE_CERTNAME),
         "lab-san": ca.issue_cert("alias.example.test", SAMPLE_CERTNAME, common_name="alias.example.test"),
+        # a node whose SAN names the trusted forwarder
+        "sneaky": ca.issue_cert(SNEAKY, FORWARDER, common_name=SNEAKY),
+        # revoked by the CRL tests
+        "doomed": ca.issue_cert(DOOMED, common_name=DOOMED),
         # right name, wrong CA
         "rogue": rogue_ca.issue_cert(SAMPLE_CERTNAME, common_name=SAMPLE_CERTNAME),
     }
@@ -65,14 +81,14 @@ def pki(tmp_path_factory) -> PKI:
         if leaf is not None:
             context.load_cert_chain(_write_leaf(leaf, directory / f"{name}.pem"))
         clients[name] = context
-    return PKI(directory / "ca.pem", directory / "server.pem", directory / "server.key", clients)
+    return PKI(directory / "ca.pem", directory / "server.pem", directory / "server.key", clients, ca, leaves)
 
 
-def tls_ini(tmp_path: Path, pki: PKI) -> str:
+def tls_ini(tmp_path: Path, pki: PKI, extra: str = "") -> str:
     """Mutual TLS, nothing for loopback, one trusted forwarder."""
     extra = (
         f"tls_cert = {pki.server_cert}\ntls_key = {pki.server_key}\ntls_ca = {pki.ca}\n"
-        f"anonymous_networks =\ntrusted_forwarders = {FORWARDER}\n"
+        f"anonymous_networks =\ntrusted_forwarders = {FORWARDER}\n{extra}"
     )
     return ini_for(tmp_path, extra)
 
@@ -103,6 +119,7 @@ async def call(
     token: str | None = None,
     headers: dict[str, str] | None = None,
     content_type: str = "application/json",
+    sni: str | None = None,
 ) -> Answer:
     headers = dict(headers or {})
     if token is not None:
@@ -112,7 +129,13 @@ async def call(
     async with (
         aiohttp.ClientSession() as session,
         session.request(
-            method, daemon.url + path, data=body, ssl=pki.clients[cert], headers=headers
+            method,
+            daemon.url + path,
+            data=body,
+            ssl=pki.clients[cert],
+            headers=headers,
+            # None: no SNI, as for every IP address; else the server's name, which its certificate has
+            server_hostname=sni,
         ) as response,
     ):
         return Answer(response.status, response.content_type, await response.read())
@@ -190,6 +213,9 @@ async def test_node_submits_its_own_report(daemon, pki):
     assert {item["transaction_uuid"] for item in items} == {CHANGES_UUID.decode(), YAML_UUID}
     assert all(item["certname"] == SAMPLE_CERTNAME for item in items)
     assert all(item["url"].startswith(f"https://127.0.0.1:{daemon.port}/api/v1/reports/") for item in items)
+    # the links name the TLS listener, whatever Host the client sends
+    answer = await call(daemon, pki, "GET", "/api/v1/reports", token=viewer, headers={"Host": "evil.example"})
+    assert [item["url"] for item in answer.json()["items"]] == [item["url"] for item in items]
 
     # a node certificate uploads; it does not read
     answer = await call(daemon, pki, "GET", "/api/v1/reports", cert="lab")
@@ -199,17 +225,88 @@ async def test_node_submits_its_own_report(daemon, pki):
     }
 
 
-@pytest.mark.parametrize("cert", ["lab-cn", "lab-san"])
-async def test_certname_from_cn_or_dns_san(daemon, pki, cert):
-    answer = await call(daemon, pki, "PUT", PUT_PATH, cert=cert, body=changes())
+async def test_certname_is_the_cn_alone(daemon, pki):
+    alias_path = f"/puppet/v3/report/{ALIAS}?environment=production"
+    alias_report = changes(host=ALIAS)
+    # CN lab-agent, SAN alias: lab-agent's certificate, not alias's
+    answer = await call(daemon, pki, "PUT", PUT_PATH, cert="lab-cn", body=changes())
     assert answer.status == 200, answer.body
-    # the certificate's other name is its own too; lab-agent's certificate may not use it
-    path = "/puppet/v3/report/alias.example.test?environment=production"
-    alias_report = changes(host="alias.example.test")
-    answer = await call(daemon, pki, "PUT", path, cert=cert, body=alias_report)
-    assert answer.status == 200, answer.body
-    answer = await call(daemon, pki, "PUT", path, cert="lab", body=alias_report)
+    assert_puppet_forbidden(await call(daemon, pki, "PUT", alias_path, cert="lab-cn", body=alias_report))
+    # CN alias, SAN lab-agent: alias's certificate; the SAN does not make it lab-agent's
+    answer = await call(daemon, pki, "PUT", PUT_PATH, cert="lab-san", body=changes(str(uuid.uuid4())))
     assert_puppet_forbidden(answer)
+    answer = await call(
+        daemon, pki, "POST", "/puppet/v3/report", cert="lab-san", body=changes(str(uuid.uuid4()))
+    )
+    assert_puppet_forbidden(answer)
+    answer = await call(daemon, pki, "PUT", alias_path, cert="lab-san", body=alias_report)
+    assert answer.status == 200, answer.body
+
+    viewer = await create_token(daemon, "viewer", "view_reports")
+    items = await wait_stored(daemon, pki, viewer, 2)
+    assert sorted(item["certname"] for item in items) == [ALIAS, SAMPLE_CERTNAME]
+
+
+async def test_dns_sans_name_a_node_only_when_configured(daemon_factory, tmp_path, pki):
+    ini = tls_ini(tmp_path, pki).replace("[reportd]\n", "[reportd]\nnode_names_from_san = true\n", 1)
+    daemon = daemon_factory(ini, scheme="https").start()
+    alias_path = f"/puppet/v3/report/{ALIAS}?environment=production"
+    answer = await call(daemon, pki, "PUT", PUT_PATH, cert="lab-san", body=changes())
+    assert answer.status == 200, answer.body
+    answer = await call(daemon, pki, "PUT", alias_path, cert="lab-san", body=changes(host=ALIAS))
+    assert answer.status == 200, answer.body
+    # lab-agent's own certificate has no alias SAN; a SAN naming the forwarder makes no forwarder
+    answer = await call(daemon, pki, "PUT", alias_path, cert="lab", body=changes(str(uuid.uuid4()), ALIAS))
+    assert_puppet_forbidden(answer)
+    answer = await call(daemon, pki, "PUT", PUT_PATH, cert="sneaky", body=changes(str(uuid.uuid4())))
+    assert_puppet_forbidden(answer)
+
+
+def ingest_requests(certname: str) -> list[tuple[str, str, bytes, dict[str, str]]]:
+    """One upload for ``certname`` on every ingest route, each a new run: (method, path, body, headers)."""
+
+    def fresh() -> str:
+        return str(uuid.uuid4())
+
+    json_type: dict[str, str] = {}  # call() sends the body as application/json
+    chef = {"X-Ops-Reporting-Protocol-Version": "0.1.0"}
+    runs = f"/organizations/acme/reports/nodes/{certname}/runs"
+    put = f"/puppet/v3/report/{certname}?environment=production"
+    requests = [
+        ("PUT", put, changes(fresh(), certname), json_type),
+        ("POST", "/puppet/v3/report", changes(fresh(), certname), json_type),
+        ("POST", "/reports/upload", changes(fresh(), certname), json_type),
+    ]
+    foreman_paths = ("/api/reports", "/api/v2/reports", "/api/config_reports", "/api/v2/config_reports")
+    for n, path in enumerate(foreman_paths):
+        for prefix in ("", "/"):
+            reported_at = f"2026-11-23 10:{n:02d}:{len(prefix):02d} UTC"
+            requests.append(("POST", prefix + path, foreman_body(certname, reported_at), json_type))
+    start = orjson.dumps({"action": "start", "run_id": fresh(), "start_time": "2026-11-23 10:00:00 +0000"})
+    requests.append(("POST", runs, start, chef))
+    end_id = fresh()
+    requests.append(("POST", f"{runs}/{end_id}", chef_end(end_id), chef))
+    for path in ("/data-collector/v0/", "/data-collector/v0"):
+        run_id = fresh()
+        message = {"message_type": "run_start", "node_name": certname, "run_id": run_id, "id": run_id,
+                   "start_time": "2026-11-23T10:00:00Z"}  # fmt: skip
+        requests.append(("POST", path, orjson.dumps(message), json_type))
+    return requests
+
+
+async def test_a_san_naming_a_forwarder_makes_no_forwarder_on_any_route(daemon, pki):
+    requests = ingest_requests(OTHER)
+    assert len({(method, path.split("?")[0]) for method, path, _, _ in requests}) == 15
+    for method, path, body, headers in requests:
+        answer = await call(daemon, pki, method, path, cert="sneaky", body=body, headers=headers)
+        assert answer.status == 403, (path, answer.status, answer.body)
+    # the same uploads from the forwarder itself are accepted: only the certificate made the difference
+    for method, path, body, headers in ingest_requests(OTHER):
+        answer = await call(daemon, pki, method, path, cert="forwarder", body=body, headers=headers)
+        assert answer.status in (200, 201), (path, answer.status, answer.body)
+    viewer = await create_token(daemon, "viewer", "view_reports")
+    # 3 Puppet, 8 Foreman, 1 Chef end, and the forwarder's alone
+    assert len(await wait_stored(daemon, pki, viewer, 12)) == 12
 
 
 async def test_other_node_may_not_submit_for_lab_agent(daemon, pki):
@@ -363,6 +460,161 @@ async def test_system_trust_store_does_not_authenticate_nodes(daemon_factory, tm
     assert answer.status == 200
 
 
+# -- revoked certificates (tls_crl) ------------------------------------------------------------
+
+
+def write_crl(pki: PKI, path: Path, *revoked: str, atomically: bool = False) -> None:
+    """A CRL of the test CA revoking the named leaves, written over ``path`` as the Puppet CA does
+    (or by a rename when ``atomically``)."""
+    key = serialization.load_pem_private_key(pki.authority.private_key_pem.bytes(), None)
+    issuer = x509.load_pem_x509_certificate(pki.authority.cert_pem.bytes())
+    now = datetime.now(UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.subject)
+        .last_update(now - timedelta(minutes=5))
+        .next_update(now + timedelta(days=1))
+        .add_extension(x509.CRLNumber(int(time.time() * 1000)), critical=False)
+    )
+    for name in revoked:
+        serial = x509.load_pem_x509_certificate(pki.leaves[name].cert_chain_pems[0].bytes()).serial_number
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        builder = builder.add_revoked_certificate(entry)
+    pem = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+    if atomically:
+        path.with_suffix(".new").write_bytes(pem)
+        path.with_suffix(".new").replace(path)
+    else:
+        path.write_bytes(pem)
+
+
+def doomed_report(run_id: str | None = None) -> tuple[str, bytes]:
+    return f"/puppet/v3/report/{DOOMED}?environment=production", changes(run_id or str(uuid.uuid4()), DOOMED)
+
+
+async def assert_refused_at_handshake(daemon: Daemon, pki: PKI, cert: str, sni: str | None = None) -> None:
+    path, body = doomed_report()
+    with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+        answer = await call(daemon, pki, "PUT", path, cert=cert, body=body, sni=sni)
+        pytest.fail(f"{cert} got an answer: {answer}")
+
+
+async def test_a_revoked_certificate_is_refused_without_a_restart(daemon_factory, tmp_path, pki):
+    crl = tmp_path / "crl.pem"
+    write_crl(pki, crl)
+    daemon = daemon_factory(tls_ini(tmp_path, pki, f"tls_crl = {crl}\n"), scheme="https").start()
+    path, body = doomed_report()
+    assert (await call(daemon, pki, "PUT", path, cert="doomed", body=body)).status == 200
+    assert (await call(daemon, pki, "PUT", PUT_PATH, cert="lab", body=changes())).status == 200
+
+    write_crl(pki, crl, "doomed")
+    # the next connection is refused, whether the client names the server (SNI) or not
+    await assert_refused_at_handshake(daemon, pki, "doomed")
+    await assert_refused_at_handshake(daemon, pki, "doomed", sni="localhost")
+    for sni in (None, "localhost"):
+        answer = await call(
+            daemon, pki, "PUT", PUT_PATH, cert="lab", body=changes(str(uuid.uuid4())), sni=sni
+        )
+        assert answer.status == 200, answer.body
+    # clients without a certificate are not affected
+    uploader = await create_token(daemon, "uploader", "upload_config_reports")
+    answer = await call(daemon, pki, "PUT", PUT_PATH, token=uploader, body=changes(str(uuid.uuid4())))
+    assert answer.status == 200, answer.body
+
+    # a CRL that cannot be read is reported, and the last good one stays in force
+    crl.write_text("-----BEGIN X509 CRL-----\ntruncated\n")
+    await assert_refused_at_handshake(daemon, pki, "doomed")
+    answer = await call(daemon, pki, "PUT", PUT_PATH, cert="lab", body=changes(str(uuid.uuid4())))
+    assert answer.status == 200, answer.body
+    assert daemon.log_path.read_text().count('"event": "tls_crl_unreadable"') == 1
+
+    # a CRL put in place by a rename is read too (here, one that lifts the revocation)
+    write_crl(pki, crl, atomically=True)
+    path, body = doomed_report()
+    assert (await call(daemon, pki, "PUT", path, cert="doomed", body=body)).status == 200
+    assert daemon.process.poll() is None  # one process throughout
+
+    viewer = await create_token(daemon, "viewer", "view_reports")
+    items = await wait_stored(daemon, pki, viewer, 7)
+    assert sorted(item["certname"] for item in items) == [DOOMED] * 2 + [SAMPLE_CERTNAME] * 5
+
+
+async def test_a_connection_open_before_the_revocation_is_closed_after_its_next_answer(
+    daemon_factory, tmp_path, pki
+):
+    crl = tmp_path / "crl.pem"
+    write_crl(pki, crl)
+    daemon = daemon_factory(tls_ini(tmp_path, pki, f"tls_crl = {crl}\n"), scheme="https").start()
+    async with aiohttp.ClientSession() as session:
+
+        async def put() -> aiohttp.ClientResponse:
+            path, body = doomed_report()
+            headers = {"Content-Type": "application/json"}
+            async with session.put(
+                daemon.url + path, data=body, headers=headers, ssl=pki.clients["doomed"]
+            ) as r:
+                await r.read()
+                return r
+
+        first = await put()
+        assert first.status == 200 and first.headers.get("Connection", "").lower() != "close"
+        write_crl(pki, crl, "doomed")
+        # still the connection set up before the revocation: answered, and closed
+        second = await put()
+        assert second.status == 200 and second.headers.get("Connection", "").lower() == "close"
+        with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+            await put()
+
+
+def healthz_over(port: int, context: ssl.SSLContext, session: ssl.SSLSession | None):
+    """One GET /healthz on a new connection offering ``session``: (status line, session, reused)."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as tls,
+    ):
+        tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+        return answer.split(b"\r\n", 1)[0], tls.session, tls.session_reused
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+async def test_a_revoked_certificate_cannot_resume_an_earlier_session(daemon_factory, tmp_path, pki, version):
+    crl = tmp_path / "crl.pem"
+    write_crl(pki, crl)
+    daemon = daemon_factory(tls_ini(tmp_path, pki, f"tls_crl = {crl}\n"), scheme="https").start()
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    context.load_cert_chain(pki.ca.parent / "doomed.pem")
+    context.minimum_version = context.maximum_version = version
+    status, session, _ = await asyncio.to_thread(healthz_over, daemon.port, context, None)
+    assert status == b"HTTP/1.1 200 OK"
+    status, session, reused = await asyncio.to_thread(healthz_over, daemon.port, context, session)
+    assert (status, reused) == (b"HTTP/1.1 200 OK", True)  # sessions are resumed, so this tests something
+
+    write_crl(pki, crl, "doomed")
+    try:
+        status, _, reused = await asyncio.to_thread(healthz_over, daemon.port, context, session)
+    except (ssl.SSLError, ConnectionError):
+        status, reused = None, False
+    # refused in the handshake (TLS 1.2), or right after it, without an answer (TLS 1.3)
+    assert (status, reused) in ((None, False), (b"", False))
+
+
+async def test_a_bad_crl_stops_the_start(daemon_factory, tmp_path, pki):
+    # a certificate where the CRL should be: nothing would ever be revoked
+    daemon = daemon_factory(tls_ini(tmp_path, pki, f"tls_crl = {pki.ca}\n"), scheme="https")
+    with pytest.raises(RuntimeError, match=r"tls_crl .*ca\.pem: no CRL in it"):
+        daemon.start()
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a CRL\n")
+    daemon = daemon_factory(tls_ini(tmp_path, pki, f"tls_crl = {garbage}\n"), scheme="https", name="again")
+    with pytest.raises(RuntimeError, match=r"tls_crl .*garbage\.pem: not a PEM CRL"):
+        daemon.start()
+    with pytest.raises(ConfigError, match=r"\[reportd\] tls_crl: needs tls_ca"):
+        load_config_string(f"[reportd]\ntls_crl = {garbage}\n")
+
+
 async def test_plain_http_is_not_served(daemon):
     with pytest.raises(aiohttp.ClientError):
         async with (
@@ -412,9 +664,9 @@ async def test_cli_send_with_client_certificate_and_token(daemon, pki, tmp_path)
 # -- the same node rule for Foreman-style and Chef uploads -------------------------------------
 
 
-def foreman_body(host: str) -> bytes:
+def foreman_body(host: str, reported_at: str = "2026-11-23 10:00:00 UTC") -> bytes:
     return orjson.dumps({"config_report": {
-        "host": host, "reported_at": "2026-11-23 10:00:00 UTC", "status": {"applied": 1},
+        "host": host, "reported_at": reported_at, "status": {"applied": 1},
         "metrics": {}, "logs": []}})  # fmt: skip
 
 
@@ -456,3 +708,16 @@ async def test_chef_upload_follows_the_node_rule(daemon, pki):
     path = f"/organizations/acme/reports/nodes/{SAMPLE_CERTNAME}/runs/{run_id}"
     answer = await call(daemon, pki, "POST", path, body=chef_end(run_id), cert="lab", headers=headers)
     assert (answer.status, answer.json()) == (201, {})
+
+
+def test_a_certificate_names_one_certname_by_its_cn():
+    def subject(*cns: str) -> dict:
+        return {"subject": ((("countryName", "IT"),), *((("commonName", cn),) for cn in cns)),
+                "subjectAltName": (("DNS", "san.example.test"), ("IP Address", "10.0.0.1"))}  # fmt: skip
+
+    assert certificate_certname(subject("node.example.test")) == "node.example.test"
+    assert certificate_san_names(subject("node.example.test")) == frozenset({"san.example.test"})
+    # no CN, or two: no certname rather than a guess
+    assert certificate_certname(subject()) is None
+    assert certificate_certname(subject("a.example.test", "b.example.test")) is None
+    assert certificate_certname(None) is None and certificate_certname({}) is None

@@ -26,7 +26,7 @@ from reportd.ingest import (
 )
 from reportd.model import utcnow
 from reportd.storage import unavailable_errors
-from reportd.web import PARSER, STORAGE, base_url, identify, json_error, json_response
+from reportd.web import PARSER, STORAGE, identify, json_error, json_response, public_base_url
 
 PROTOCOL_HEADER = "X-Ops-Reporting-Protocol-Version"
 PROTOCOL_VERSION = "0.1.0"
@@ -122,7 +122,7 @@ async def start_run(request: web.Request) -> web.Response:
         storage = request.app[STORAGE]
         if not await _storage(storage.record_run_start("chef", node, run_id, started_at, time.time())):
             raise Refusal(409, "Report already exists", reason="validation")
-    uri = f"{base_url(request)}{RUNS.format(org=org, node=node)}/{run_id}"
+    uri = f"{public_base_url(request)}{RUNS.format(org=org, node=node)}/{run_id}"
     return json_response({"uri": uri}, status=201)
 
 

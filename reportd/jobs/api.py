@@ -2,8 +2,7 @@
 
 Shapes and error bodies are PE orchestrator's (seed 002, spec jobs.md): errors
 are ``{"kind": "puppetlabs.orchestrator/<kind>", "msg", "details"}``, ids and
-links are absolute URLs (``[reportd] base_url``, else the request's own,
-through a reverse proxy's ``X-Forwarded-Proto`` and ``X-Forwarded-Host``).
+links are absolute URLs (:func:`reportd.web.public_base_url`).
 """
 
 from __future__ import annotations
@@ -24,7 +23,14 @@ from reportd.storage.jobs import (
     NODE_STATES,
     NewJob,
 )
-from reportd.web import BodyTooLarge, json_error, json_response, read_body, require_permission
+from reportd.web import (
+    BodyTooLarge,
+    json_error,
+    json_response,
+    public_base_url,
+    read_body,
+    require_permission,
+)
 
 if TYPE_CHECKING:
     from reportd.context import PluginContext
@@ -38,7 +44,6 @@ MAX_COMMAND_BODY = 1024 * 1024
 JOB_TYPES = ("deploy", "task", "plan")
 DEPLOY_FLAGS = ("noop", "enforce_environment", "debug", "trace", "evaltrace")
 DEPLOY_KEYS = {"environment", "scope", "concurrency", "timeout", "description", "target", *DEPLOY_FLAGS}
-_HOST = re.compile(r"^[A-Za-z0-9.\-_:\[\]]+$")
 INTEGER = re.compile(r"-?[0-9]+")
 
 
@@ -50,17 +55,6 @@ def orchestrator_error(status: int, kind: str, msg: str, details: dict | None = 
 
 def validation_error(msg: str, **details: Any) -> web.HTTPException:
     return orchestrator_error(400, "validation-error", msg, details)
-
-
-def public_base(request: web.Request) -> str:
-    """reportd's URL as the client reached it (through a reverse proxy, as the proxy says)."""
-    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
-    host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
-    if proto not in ("http", "https"):
-        proto = request.scheme
-    if not host or not _HOST.match(host):
-        host = request.host
-    return f"{proto}://{host}"
 
 
 def _not_permitted(permission: str) -> web.HTTPException:
@@ -117,7 +111,7 @@ class JobsAPI:
         app.router.add_post(f"{PREFIX}/command/stop", self.stop)
 
     def _base(self, request: web.Request) -> str:
-        return self.context.config.base_url or public_base(request)
+        return public_base_url(request)
 
     def job_url(self, request: web.Request, job_id: int) -> str:
         return f"{self._base(request)}{PREFIX}/jobs/{job_id}"

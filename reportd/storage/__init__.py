@@ -325,14 +325,23 @@ class Storage(JobStorage, ScheduleStorage, abc.ABC):
 
     # -- tokens ----------------------------------------------------------------
     @abc.abstractmethod
-    async def create_token(self, name: str, token_hash: str, permissions: Iterable[str], now: float) -> None:
-        """Raises :class:`KeyError` when the name is taken."""
+    async def create_token(
+        self,
+        name: str,
+        token_hash: str,
+        permissions: Iterable[str],
+        now: float,
+        expires_at: float | None = None,
+    ) -> None:
+        """Raises :class:`KeyError` when the name is taken; ``expires_at`` None: never expires."""
 
     @abc.abstractmethod
-    async def find_token(self, token_hash: str) -> TokenRecord | None: ...
+    async def find_token(self, token_hash: str) -> TokenRecord | None:
+        """The token with that hash, expired or not (the caller compares ``expires_at``)."""
 
     @abc.abstractmethod
-    async def list_tokens(self) -> list[dict[str, Any]]: ...
+    async def list_tokens(self) -> list[dict[str, Any]]:
+        """Each token's ``name``, ``permissions``, ``created_at`` and ``expires_at``, by name."""
 
     @abc.abstractmethod
     async def revoke_token(self, name: str) -> bool: ...

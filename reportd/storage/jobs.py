@@ -169,9 +169,11 @@ class JobStorage(abc.ABC):
 
     @abc.abstractmethod
     async def record_node_outcome(self, outcome: NodeOutcome, now: float) -> bool:
-        """Apply a report to its job: create the job (owner unknown) or the node when unknown,
-        settle a pending node, attach the report to one that timed out or was skipped, and
-        settle the job. False when nothing changed (the same report again)."""
+        """Apply a report to its job: create the job (owner unknown) when unknown, add the node
+        to a job that reports created, settle a pending node, attach the report to one that
+        timed out or was skipped, and settle the job. A node outside the scope of a deployed
+        job does not join it: the report is only an event of the job. False when nothing
+        changed (the same report again)."""
 
     @abc.abstractmethod
     async def record_node_outcomes(self, outcomes: Sequence[NodeOutcome], now: float) -> list[bool]:

@@ -54,6 +54,9 @@ from reportd.storage.jobs import (
 JOB_ID_LOCK = 0x72706A69
 EVENT_LOCK = 0x72706576
 ACTIVE_JOB_STATES = (JOB_NEW, JOB_READY, JOB_RUNNING, JOB_STOPPING)
+# The event of a report from a node outside a deployed job's scope (not one of PE's types:
+# clients that do not know it skip it, and it changes nothing about the job).
+EVENT_OUTSIDE_SCOPE = "node_outside_scope"
 JOB_COLUMNS = (
     "id, type, state, owner_id, owner_login, environment, options, description, timeout, deadline,"
     " created_at, updated_at, finished_at"
@@ -316,7 +319,8 @@ def _settle_job(job_id: int, now: float, events: _EventLog) -> Steps:
     if state == JOB_STOPPING:
         yield from _transition(job_id, state, JOB_STOPPED, now, events)
     elif state in (JOB_RUNNING, JOB_FINISHED, JOB_FAILED):
-        # A report that arrives after the job ended (a node outside the scope) may still fail it.
+        # A report that arrives after the job ended (a new node of a job that reports created)
+        # may still fail it.
         target = JOB_FAILED if counts.get(NODE_FAILED) or counts.get(NODE_ERRORED) else JOB_FINISHED
         if target != state:
             yield from _transition(job_id, state, target, now, events)
@@ -505,7 +509,7 @@ def _ensure_job(o: NodeOutcome, now: float) -> Steps:
 
 
 def _apply_outcome(o: NodeOutcome, now: float, events: _EventLog) -> Steps:
-    deadline = yield _value("SELECT deadline FROM jobs WHERE id = ?", o.job_id)
+    deadline, options = yield _one("SELECT deadline, options FROM jobs WHERE id = ?", o.job_id)
     row = yield _one(
         "SELECT state, error_kind, report_id, start_time, details, message FROM job_nodes"
         " WHERE job_id = ? AND certname = ?",
@@ -517,7 +521,11 @@ def _apply_outcome(o: NodeOutcome, now: float, events: _EventLog) -> Steps:
         _json(o.result), _json(list(o.events)),
     )  # fmt: skip
     event_type = "node_finished" if o.state == NODE_FINISHED else "node_failed"
-    if row is None:  # outside the scope: the node joins the job
+    if row is None and orjson.loads(options).get("scope", {}).get("nodes"):
+        # Deployed to named nodes: a run elsewhere that carries the job's id (a mistyped
+        # --job_id, a node claiming a job) is shown among its events but never counts.
+        return (yield from _note_outside_scope(o, now, events))
+    if row is None:  # a job created by reports: every node that reports joins it
         yield _count(
             "INSERT INTO job_nodes (job_id, certname, updated_at, state, transaction_uuid, report_id,"
             " start_time, finish_time, details, message, result, events)"
@@ -571,6 +579,20 @@ def _apply_outcome(o: NodeOutcome, now: float, events: _EventLog) -> Steps:
         )  # fmt: skip
         return True
     return False  # an older run of a node that settled already
+
+
+def _note_outside_scope(o: NodeOutcome, now: float, events: _EventLog) -> Steps:
+    """An event of the job about a report from a node it was not deployed to; False if noted already."""
+    detail = {"report_id": o.report_id, "state": o.state, "metrics": dict(o.metrics)}
+    noted = yield _value(
+        "SELECT count(*) FROM job_events WHERE job_id = ? AND certname = ? AND type = ? AND detail = ?",
+        o.job_id, o.certname, EVENT_OUTSIDE_SCOPE, _json(detail),
+    )  # fmt: skip
+    if noted:  # the same report delivered again
+        return False
+    message = f"{o.certname} is not in the scope of job {o.job_id}: its report is not counted ({o.message})"
+    yield from events.add(o.job_id, EVENT_OUTSIDE_SCOPE, now, o.certname, detail, message)
+    return True
 
 
 def _error_node(job_id: int, certname: str, kind: str, message: str, now: float, events: _EventLog) -> Steps:

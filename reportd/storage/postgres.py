@@ -60,6 +60,8 @@ from reportd.storage.rows import (
     node_row,
     report_row,
     stored_report,
+    token_entry,
+    token_record,
 )
 
 log = structlog.get_logger("reportd.storage.postgres")
@@ -153,6 +155,8 @@ MIGRATIONS: list[str] = [
     """,
     postgres_jobs.MIGRATION,
     postgres_schedules.MIGRATION,
+    # Tokens may expire (NULL: never).
+    "ALTER TABLE tokens ADD COLUMN expires_at DOUBLE PRECISION",
 ]
 
 
@@ -703,30 +707,38 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
         return await self.pool.fetchval("SELECT count(*) FROM reports")
 
     # -- tokens ----------------------------------------------------------------
-    async def create_token(self, name: str, token_hash: str, permissions: Iterable[str], now: float) -> None:
+    async def create_token(
+        self,
+        name: str,
+        token_hash: str,
+        permissions: Iterable[str],
+        now: float,
+        expires_at: float | None = None,
+    ) -> None:
         try:
             await self.pool.execute(
-                "INSERT INTO tokens (name, token_hash, permissions, created_at) VALUES ($1, $2, $3, $4)",
+                "INSERT INTO tokens (name, token_hash, permissions, created_at, expires_at)"
+                " VALUES ($1, $2, $3, $4, $5)",
                 name,
                 token_hash,
                 ",".join(sorted(permissions)),
                 now,
+                expires_at,
             )
         except asyncpg.UniqueViolationError:
             raise KeyError(name) from None
 
     async def find_token(self, token_hash: str) -> TokenRecord | None:
         row = await self.pool.fetchrow(
-            "SELECT name, permissions FROM tokens WHERE token_hash = $1", token_hash
+            "SELECT name, permissions, expires_at FROM tokens WHERE token_hash = $1", token_hash
         )
-        return TokenRecord(row[0], frozenset(filter(None, row[1].split(",")))) if row else None
+        return token_record(*row) if row else None
 
     async def list_tokens(self) -> list[dict[str, Any]]:
-        rows = await self.pool.fetch("SELECT name, permissions, created_at FROM tokens ORDER BY name")
-        return [
-            {"name": n, "permissions": sorted(filter(None, p.split(","))), "created_at": t}
-            for n, p, t in rows
-        ]
+        rows = await self.pool.fetch(
+            "SELECT name, permissions, created_at, expires_at FROM tokens ORDER BY name"
+        )
+        return [token_entry(*row) for row in rows]
 
     async def revoke_token(self, name: str) -> bool:
         return _rowcount(await self.pool.execute("DELETE FROM tokens WHERE name = $1", name)) > 0

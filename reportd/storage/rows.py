@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from reportd.auth import TokenRecord
 from reportd.storage import NodeRow, StoredReport
 
 REPORT_COLUMNS = (
@@ -65,3 +66,17 @@ def stored_report(row: Sequence[Any], envelope: Any = None, body: bytes = b"") -
 def node(row: Sequence[Any]) -> NodeRow:
     row = tuple(row)
     return NodeRow(*row[:7], orjson.loads(row[7]))
+
+
+def token_record(name: str, permissions: str, expires_at: float | None) -> TokenRecord:
+    return TokenRecord(name, frozenset(filter(None, permissions.split(","))), expires_at)
+
+
+def token_entry(name: str, permissions: str, created_at: float, expires_at: float | None) -> dict[str, Any]:
+    """One token as ``list_tokens`` shows it (never its hash)."""
+    return {
+        "name": name,
+        "permissions": sorted(filter(None, permissions.split(","))),
+        "created_at": created_at,
+        "expires_at": expires_at,
+    }

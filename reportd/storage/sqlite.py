@@ -52,6 +52,8 @@ from reportd.storage.rows import (
     node_row,
     report_row,
     stored_report,
+    token_entry,
+    token_record,
 )
 
 T = TypeVar("T")
@@ -139,6 +141,8 @@ MIGRATIONS: list[str] = [
     """,
     sqlite_jobs.MIGRATION,
     sqlite_schedules.MIGRATION,
+    # Tokens may expire (NULL: never).
+    "ALTER TABLE tokens ADD COLUMN expires_at REAL",
 ]
 
 
@@ -552,14 +556,22 @@ class SQLiteStorage(sqlite_jobs.SQLiteJobs, sqlite_schedules.SQLiteSchedules, St
         return await self._read(lambda c: c.execute("SELECT count(*) FROM reports").fetchone()[0])
 
     # -- tokens ----------------------------------------------------------------
-    async def create_token(self, name: str, token_hash: str, permissions: Iterable[str], now: float) -> None:
+    async def create_token(
+        self,
+        name: str,
+        token_hash: str,
+        permissions: Iterable[str],
+        now: float,
+        expires_at: float | None = None,
+    ) -> None:
         perms = ",".join(sorted(permissions))
 
         def job(conn: sqlite3.Connection) -> None:
             try:
                 conn.execute(
-                    "INSERT INTO tokens (name, token_hash, permissions, created_at) VALUES (?, ?, ?, ?)",
-                    (name, token_hash, perms, now),
+                    "INSERT INTO tokens (name, token_hash, permissions, created_at, expires_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (name, token_hash, perms, now, expires_at),
                 )
             except sqlite3.IntegrityError:
                 raise KeyError(name) from None
@@ -569,19 +581,16 @@ class SQLiteStorage(sqlite_jobs.SQLiteJobs, sqlite_schedules.SQLiteSchedules, St
     async def find_token(self, token_hash: str) -> TokenRecord | None:
         def job(conn: sqlite3.Connection) -> TokenRecord | None:
             row = conn.execute(
-                "SELECT name, permissions FROM tokens WHERE token_hash = ?", (token_hash,)
+                "SELECT name, permissions, expires_at FROM tokens WHERE token_hash = ?", (token_hash,)
             ).fetchone()
-            return TokenRecord(row[0], frozenset(filter(None, row[1].split(",")))) if row else None
+            return token_record(*row) if row else None
 
         return await self._read(job)
 
     async def list_tokens(self) -> list[dict[str, Any]]:
         def job(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            rows = conn.execute("SELECT name, permissions, created_at FROM tokens ORDER BY name")
-            return [
-                {"name": n, "permissions": sorted(filter(None, p.split(","))), "created_at": t}
-                for n, p, t in rows
-            ]
+            rows = conn.execute("SELECT name, permissions, created_at, expires_at FROM tokens ORDER BY name")
+            return [token_entry(*row) for row in rows]
 
         return await self._read(job)
 
