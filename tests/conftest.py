@@ -92,12 +92,14 @@ class Daemon:
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 20.0) -> Daemon:
+    def start(self, timeout: float = 20.0, preexec_fn=None) -> Daemon:
+        """Start and wait until it listens; ``preexec_fn`` runs in the child (resource limits)."""
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "reportd", "--config", str(self.config_path), "serve",
                  "--listen", f"127.0.0.1:{self.port}"],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=preexec_fn,
             )  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

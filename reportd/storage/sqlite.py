@@ -685,7 +685,9 @@ class _Writer(threading.Thread):
                 conn.close()
         except BaseException as error:
             self.failure = error
-            self._fail_waiting()
+        else:
+            self.failure = StorageUnavailable("the storage is closed")
+        self._fail_waiting()
 
     def _serve(self, conn: sqlite3.Connection) -> None:
         stopping = False
