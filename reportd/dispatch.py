@@ -21,7 +21,7 @@ import structlog
 
 from reportd.formats import Envelope
 from reportd.model import Report
-from reportd.parsing import ReportParser
+from reportd.parsing import ReportParser, release_free_memory
 from reportd.processor import PermanentError, Processor
 from reportd.storage import Claim, DeliveryFailure, Storage
 from reportd.telemetry import Telemetry
@@ -34,6 +34,8 @@ POLL_INTERVAL = 1.0  # also picks up retries made from the CLI
 BATCH_BYTES = 32 * 1024 * 1024
 #: Spooled reports read from storage in one query.
 LOAD_CHUNK = 16
+#: Bodies let go at once from which the memory they held is handed back to the system.
+LARGE_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -69,7 +71,7 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         internal: Sequence[Processor] = (),
         parser: ReportParser | None = None,
-        cache_bytes: int = 64 * 1024 * 1024,
+        cache_bytes: int = 32 * 1024 * 1024,
     ) -> None:
         """``internal`` processors get only the reports spooled for them by name (see
         :attr:`internal_names`), and are woken only by ``submit(..., internal=True)``."""
@@ -171,10 +173,10 @@ class Dispatcher:
             stats.delivered += len(done)
             if failures:
                 await self._record_failures(processor, claims, reports, failures)
-            for report in reports:
-                self._cache.delivered(report.id, processor.name)
-            for report_id in failures:
-                self._cache.delivered(report_id, processor.name)
+            released = [self._cache.delivered(r.id, processor.name) for r in reports]
+            released += [self._cache.delivered(report_id, processor.name) for report_id in failures]
+            if sum(released) >= LARGE_BYTES:
+                release_free_memory()
 
     async def _call(self, processor: Processor, reports: list[Report]) -> dict[int, BaseException]:
         """The failures of one batch. When the batch as a whole raises, its halves are
@@ -299,14 +301,17 @@ class _ReportCache:
         entry = self._reports.get(report_id)
         return entry[0] if entry else None
 
-    def delivered(self, report_id: int, processor: str) -> None:
+    def delivered(self, report_id: int, processor: str) -> int:
+        """Note that ``processor`` had the report; the bytes of body let go, if it was the last."""
         entry = self._reports.get(report_id)
         if entry is None:
-            return
+            return 0
         entry[1].discard(processor)
-        if not entry[1]:
-            del self._reports[report_id]
-            self._size -= len(entry[0].raw)
+        if entry[1]:
+            return 0
+        del self._reports[report_id]
+        self._size -= len(entry[0].raw)
+        return len(entry[0].raw)
 
 
 class _Worker:

@@ -14,22 +14,26 @@ Request bodies held at once are bounded separately, by :class:`ByteBudget`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import ctypes.util
 import functools
+import gc
+import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from reportd.formats import Envelope, parse
+from reportd.formats.decode import LARGE_JSON_BYTES
 from reportd.formats.puppet import is_yaml
 from reportd.model import Report
 
 T = TypeVar("T")
 
 #: Largest body parsed on the event loop: JSON decodes at about 100 MB/s, YAML at 5 MB/s.
-INLINE_JSON_BYTES = 512 * 1024
+INLINE_JSON_BYTES = LARGE_JSON_BYTES
 INLINE_YAML_BYTES = 32 * 1024
 
 
@@ -52,12 +56,18 @@ class ReportParser:
             return function(*args)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="parse")
+        # A large parse makes millions of objects and no reference cycles: the cyclic
+        # collector would only walk them, holding the interpreter (tens of ms a pass)
+        # while the event loop waits. Reference counting frees them all the same.
+        if not self._large_in_flight:
+            gc.disable()
         self._large_in_flight += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
         finally:
             self._large_in_flight -= 1
             if not self._large_in_flight:
+                gc.enable()
                 release_free_memory()
 
     async def parse(self, body: bytes, envelope: Envelope) -> Report:
@@ -69,36 +79,59 @@ class ReportParser:
 class ByteBudget:
     """An async semaphore counted in bytes: what request bodies may hold in memory at once.
 
-    A holder takes what it knows it needs (a body's Content-Length) and grows
-    its share as more arrives (a gzip body decodes to more than it declared).
-    One holder may take the whole budget, so a body of any accepted size is
-    never refused, only made to wait.
+    A holder takes what it declares (a body's Content-Length), waiting in turn
+    while that is not free; taking what is free costs no await, the common case
+    on every request. A holder that needs more as its body arrives (gzip decodes
+    to more than it declared) takes it if free, else overdraws: one holder at a
+    time may, the others wait for it to finish. A holder that overdraws waits for
+    nothing, so no two holders wait for each other, and what is held never passes
+    the budget plus one body.
     """
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.free = total
-        self._turn = asyncio.Condition()
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        self.overdraft = asyncio.Lock()
 
     @contextlib.asynccontextmanager
     async def hold(self, size: int) -> AsyncIterator[Share]:
         share = Share(self)
+        await self._take(min(size, self.total))
+        share.size = min(size, self.total)
         try:
-            await share.grow_to(size)
             yield share
         finally:
-            await self._give_back(share.size)
+            if share.overdrawing:
+                self.overdraft.release()
+            self._give_back(share.size)
 
     async def _take(self, size: int) -> None:
-        async with self._turn:
-            await self._turn.wait_for(lambda: self.free >= size)
+        if not self._waiters and self.free >= size:
             self.free -= size
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (size, waiter)
+        self._waiters.append(entry)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._give_back(size)  # granted just as it was cancelled
+            else:
+                self._waiters.remove(entry)
+                self._grant()
+            raise
 
-    async def _give_back(self, size: int) -> None:
-        if size:
-            async with self._turn:
-                self.free += size
-                self._turn.notify_all()
+    def _give_back(self, size: int) -> None:
+        self.free += size
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters and self._waiters[0][0] <= self.free:
+            size, waiter = self._waiters.popleft()
+            self.free -= size
+            waiter.set_result(None)
 
 
 class Share:
@@ -107,22 +140,68 @@ class Share:
     def __init__(self, budget: ByteBudget) -> None:
         self._budget = budget
         self.size = 0
+        self.overdrawing = False
 
     async def grow_to(self, size: int) -> None:
-        size = min(size, self._budget.total)
-        if size > self.size:
-            await self._budget._take(size - self.size)
-            self.size = size
+        budget = self._budget
+        need = size - self.size
+        if need <= 0:
+            return
+        if budget.free < need and not self.overdrawing:
+            await budget.overdraft.acquire()
+            self.overdrawing = True
+        budget.free -= need
+        self.size = size
+
+
+# glibc's mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+
+
+def tune_allocator() -> None:
+    """Make glibc give memory back after large reports; call before any thread starts.
+
+    By default each thread that allocates gets an arena of its own (the parse
+    pool, the SQLite writer), and blocks above a threshold that grows with use
+    come from those arenas instead of mmap: a burst of large reports leaves
+    hundreds of MB held that nothing uses. One arena and a fixed 256 KiB mmap
+    threshold hand it back (measured: bench/memory.py); the GIL serializes
+    allocation anyway, so one arena costs no contention worth measuring.
+    """
+    mallopt = getattr(_libc(), "mallopt", None) if _libc() else None
+    if mallopt is not None:
+        mallopt(_M_ARENA_MAX, 1)
+        mallopt(_M_MMAP_THRESHOLD, 256 * 1024)
+        mallopt(_M_TRIM_THRESHOLD, 1024 * 1024)
 
 
 def release_free_memory() -> None:
-    """Hand memory freed by a large parse back to the system (glibc keeps it otherwise)."""
+    """Hand memory freed by large reports back to the system (glibc keeps it otherwise).
+
+    In a thread of its own: trimming a large heap takes milliseconds the event
+    loop must not wait for. One trim at a time; a request during one is dropped.
+    """
     trim = _malloc_trim()
-    if trim is not None:
+    if trim is not None and _trimming.acquire(blocking=False):
+        threading.Thread(target=_trim, args=(trim,), name="malloc-trim", daemon=True).start()
+
+
+_trimming = threading.Lock()
+
+
+def _trim(trim: Callable[[int], int]) -> None:
+    try:
         trim(0)
+    finally:
+        _trimming.release()
 
 
 @functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
-    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    return ctypes.CDLL(name) if name else None
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    libc = _libc()
+    return getattr(libc, "malloc_trim", None) if libc else None

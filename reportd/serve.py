@@ -15,6 +15,7 @@ from aiohttp import web
 
 from reportd.app import create_app
 from reportd.config import Config, redacted_url
+from reportd.parsing import tune_allocator
 from reportd.tls import ServerTLS
 
 log = structlog.get_logger("reportd.serve")
@@ -61,6 +62,7 @@ def notify_systemd(state: str) -> None:
 
 async def serve(config: Config, pm: pluggy.PluginManager) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting and drain (bounded)."""
+    tune_allocator()  # before any thread starts
     # Certificates and CRL are read first: a bad one stops the start before anything opens.
     tls = ServerTLS(config) if config.tls_enabled else None
     app = create_app(config, pm)

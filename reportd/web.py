@@ -104,7 +104,7 @@ async def read_body(request: web.Request, limit: int, share: Share | None = None
         if len(chunks) + len(chunk) > limit:
             raise BodyTooLarge
         if share is not None and len(chunks) + len(chunk) > share.size:
-            await share.grow_to(max(2 * share.size, len(chunks) + len(chunk)))
+            await share.grow_to(min(limit, max(2 * share.size, len(chunks) + len(chunk))))
         chunks += chunk
     return bytes(chunks)
 

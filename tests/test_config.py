@@ -26,8 +26,8 @@ def test_defaults_without_a_file(tmp_path, monkeypatch):
     )
     assert config.anonymous_permissions == frozenset({"upload_config_reports", "view_reports"})
     assert config.trusted_forwarders == frozenset()
-    assert config.max_body_size == 16 * 1024 * 1024
-    assert (config.body_memory, config.parse_workers, config.report_cache) == (256 * 1024**2, 2, 64 * 1024**2)
+    assert config.max_body_size == 8 * 1024 * 1024
+    assert (config.body_memory, config.parse_workers, config.report_cache) == (128 * 1024**2, 2, 32 * 1024**2)
     assert config.max_attempts == 10
     assert config.retry_initial == 5.0
     assert config.retry_max == 3600.0

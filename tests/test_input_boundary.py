@@ -407,23 +407,32 @@ def test_report_cache_is_bounded_by_body_bytes_and_released_once_delivered():
     assert cache.get(9) is None and cache.get(5) is not None
 
 
-async def test_body_budget_makes_holders_wait_their_turn():
+async def test_body_budget_makes_holders_wait_their_turn_and_one_overdraw():
     budget = ByteBudget(100)
     order = []
 
-    async def holder(name: str, size: int, grow_to: int = 0):
+    async def holder(name: str, size: int, grow_to: int = 0, pause: float = 0.05):
         async with budget.hold(size) as share:
             order.append(f"{name}+")
+            await asyncio.sleep(0)  # every holder is in before any grows
             if grow_to:
                 await share.grow_to(grow_to)
                 order.append(f"{name} grew")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(pause)
             order.append(f"{name}-")
 
     await asyncio.gather(holder("a", 60, grow_to=90), holder("b", 50), holder("c", 500))
     assert budget.free == 100
     assert order.index("b+") > order.index("a-")  # 60 + 50 did not fit
     assert order.index("c+") > order.index("b-")  # larger than the budget: alone
+
+    # two holders growing past the budget at once: one overdraws, the other waits for it
+    order.clear()
+    await asyncio.gather(holder("x", 40, grow_to=100), holder("y", 40, grow_to=100, pause=0.01))
+    assert budget.free == 100
+    assert order[:2] == ["x+", "y+"]
+    assert order.index("y grew") > order.index("x-")
+    assert budget.overdraft.locked() is False
 
 
 # -- 4. every malformed body is a 4xx in the family's shape -------------------

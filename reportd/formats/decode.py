@@ -17,8 +17,12 @@ expand to and refuses a document that would grow past
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Callable
+from json.decoder import WHITESPACE as _WHITESPACE
+from json.decoder import scanstring
 from typing import Any
 
 import orjson
@@ -40,6 +44,8 @@ _UINT64_MAX = 2**64 - 1
 
 def json_data(body: bytes, *, lenient_utf8: bool = False) -> Any:
     """A JSON body as data; ``lenient_utf8`` replaces invalid UTF-8 (PSON) instead of refusing it."""
+    if len(body) > LARGE_JSON_BYTES:
+        return _json_in_pieces(body, lenient_utf8)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as error:
@@ -49,11 +55,148 @@ def json_data(body: bytes, *, lenient_utf8: bool = False) -> Any:
             data = orjson.loads(body.decode("utf-8", "replace"))
         except orjson.JSONDecodeError as error:
             raise ReportError(f"malformed JSON: {error}", "MALFORMED") from None
-    # JSON can only carry NUL as an escape: a search of the body spares the walk
-    # of every string in the common case.
-    if _NUL_ESCAPE in body and _contains_nul(data):
+    if _has_nul_escape(body) and _contains_nul(data):
         raise ReportError("a string contains a NUL character (\\u0000)", "MALFORMED")
     return data
+
+
+#: From this size on a JSON body is decoded piece by piece (:func:`_json_in_pieces`).
+LARGE_JSON_BYTES = 512 * 1024
+#: Containers above this depth are decoded element by element, and so are lists at it (the
+#: logs of Foreman's wrapped report); anything deeper, a resource for one, in one go.
+_SPLIT_DEPTH = 2
+_LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _json_in_pieces(body: bytes, lenient_utf8: bool) -> Any:
+    """A large JSON body decoded so that no single C call holds the interpreter for long.
+
+    orjson decodes 16 MB in one call of about 180 ms, during which the event loop
+    (in another thread) cannot run. Here the outer containers (a report's
+    resources, logs, metrics) are walked in Python and each element is decoded by
+    the json module's C scanner, a few microseconds each: the thread lets the
+    loop in between. The result is the same data orjson gives, checked the same
+    way (no NaN or Infinity, no NUL, no lone surrogates, valid UTF-8).
+    """
+    try:
+        text = body.decode("utf-8", "replace" if lenient_utf8 else "strict")
+    except UnicodeDecodeError as error:
+        raise ReportError(
+            f"malformed JSON: not UTF-8 ({error.reason} at byte {error.start})", "MALFORMED"
+        ) from None
+    try:
+        data = _Pieces(text).document()
+    except (ValueError, IndexError, StopIteration, RecursionError) as error:
+        raise ReportError(f"malformed JSON: {_problem(error)}", "MALFORMED") from None
+    if _has_nul_escape(body) and _contains_nul(data):
+        raise ReportError("a string contains a NUL character (\\u0000)", "MALFORMED")
+    if _LONE_SURROGATE_ESCAPE.search(body) and _contains_lone_surrogate(data):
+        raise ReportError("malformed JSON: a string holds a lone surrogate", "MALFORMED")
+    return data
+
+
+def _problem(error: BaseException) -> str:
+    if isinstance(error, RecursionError):
+        return "nested too deep"
+    if isinstance(error, StopIteration | IndexError):
+        return "unexpected end or character"
+    return str(error).splitlines()[0]
+
+
+def _not_finite(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+class _Pieces:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.scan = json.JSONDecoder(parse_constant=_not_finite).scan_once
+        self.skip = _WHITESPACE.match
+
+    def document(self) -> Any:
+        value, end = self.value(self.skip(self.text, 0).end(), 0)
+        if self.skip(self.text, end).end() != len(self.text):
+            raise ValueError(f"extra data at character {end}")
+        return value
+
+    def value(self, at: int, depth: int) -> tuple[Any, int]:
+        first = self.text[at]
+        if depth < _SPLIT_DEPTH and first == "{":
+            return self.mapping(at, depth)
+        if depth <= _SPLIT_DEPTH and first == "[":
+            return self.sequence(at, depth)
+        return self.scan(self.text, at)
+
+    def mapping(self, at: int, depth: int) -> tuple[dict, int]:
+        text, skip, result = self.text, self.skip, {}
+        at = skip(text, at + 1).end()
+        if text[at] == "}":
+            return result, at + 1
+        while True:
+            if text[at] != '"':
+                raise ValueError(f"expected a key at character {at}")
+            key, at = scanstring(text, at + 1)
+            at = skip(text, at).end()
+            if text[at] != ":":
+                raise ValueError(f"expected ':' at character {at}")
+            result[key], at = self.value(skip(text, at + 1).end(), depth + 1)
+            at = skip(text, at).end()
+            if text[at] == "}":
+                return result, at + 1
+            if text[at] != ",":
+                raise ValueError(f"expected ',' or '}}' at character {at}")
+            at = skip(text, at + 1).end()
+
+    def sequence(self, at: int, depth: int) -> tuple[list, int]:
+        text, skip, result = self.text, self.skip, []
+        at = skip(text, at + 1).end()
+        if text[at] == "]":
+            return result, at + 1
+        while True:
+            item, at = self.value(at, depth + 1)
+            result.append(item)
+            at = skip(text, at).end()
+            if text[at] == "]":
+                return result, at + 1
+            if text[at] != ",":
+                raise ValueError(f"expected ',' or ']' at character {at}")
+            at = skip(text, at + 1).end()
+
+
+def _contains_lone_surrogate(data: Any) -> bool:
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if type(item) is str:
+            if not item.isascii():
+                try:
+                    item.encode()
+                except UnicodeEncodeError:
+                    return True
+        elif type(item) is list:
+            stack.extend(item)
+        elif type(item) is dict:
+            stack.extend(item)
+            stack.extend(item.values())
+    return False
+
+
+def _has_nul_escape(body: bytes) -> bool:
+    """Whether the JSON text may hold a NUL (which it can only write as ``\\u0000``).
+
+    Backslashes are found with memchr and are few in most reports, so this is
+    far quicker than searching for the six-byte escape itself; a body full of
+    them (Windows paths) falls back to that search.
+    """
+    find = body.find
+    at = find(b"\\")
+    for _ in range(64):
+        if at < 0:
+            return False
+        if body[at + 1 : at + 6] == b"u0000":
+            return True
+        at = find(b"\\", at + 2)  # past the escaped character: "\\\\u0000" is no NUL
+    return _NUL_ESCAPE in body
 
 
 def _contains_nul(data: Any) -> bool:

@@ -7,6 +7,7 @@ with ``!ruby/object:Puppet::Transaction::Report``, read as a plain mapping
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from reportd.formats import Envelope, fields
@@ -97,18 +98,33 @@ def _metrics(value: Any) -> dict[str, dict[str, float]]:
         raise _invalid("metrics", f"has more than {fields.MAX_METRIC_CATEGORIES} categories")
     metrics: dict[str, dict[str, float]] = {}
     for category, metric in value.items():
-        category = fields.metric_name(category, "metrics")
-        where = f"metrics.{category}"
         values = metric.get("values") if isinstance(metric, dict) else None
-        if not isinstance(values, list):
-            raise ReportError(f"{where}: expected an object with a values list")
-        entries = {}
+        if type(category) is not str or not isinstance(values, list) or len(values) > fields.MAX_METRIC_KEYS:
+            _refuse_metrics(category, values)
+        numbers = {}
         for entry in values:
-            if not isinstance(entry, list) or len(entry) != 3:
-                raise ReportError(f"{where}.values: expected [name, label, number] entries")
-            entries[fields.metric_name(entry[0], where)] = entry[2]
-        metrics[category] = fields.metric_values(entries, where)
+            if type(entry) is not list or len(entry) != 3:
+                raise ReportError(f"metrics.{category}.values: expected [name, label, number] entries")
+            name, number = entry[0], entry[2]
+            if not (
+                type(name) is str
+                and len(name) <= fields.MAX_NAME
+                and (
+                    type(number) is float or (type(number) is int and -_INT64_MAX - 1 <= number <= _INT64_MAX)
+                )
+            ):
+                name = fields.metric_name(name, f"metrics.{category}")
+                number = fields.number(number, f"metrics.{category}.{name}")
+            numbers[name] = number
+        metrics[category] = numbers
     return metrics
+
+
+def _refuse_metrics(category: Any, values: Any) -> None:
+    category = fields.metric_name(category, "metrics")
+    if not isinstance(values, list):
+        raise ReportError(f"metrics.{category}: expected an object with a values list")
+    raise _invalid(f"metrics.{category}", f"has more than {fields.MAX_METRIC_KEYS} metrics")
 
 
 def _logs(value: Any) -> list[Log]:
@@ -117,24 +133,39 @@ def _logs(value: Any) -> list[Log]:
     if not isinstance(value, list):
         raise ReportError("logs: expected a list")
     logs = []
+    append = logs.append
     for index, entry in enumerate(value):
-        where = f"logs[{index}]"
-        if not isinstance(entry, dict):
-            raise ReportError(f"{where}: expected an object with a level")
+        if type(entry) is not dict:
+            raise ReportError(f"logs[{index}]: expected an object with a level")
         get = entry.get
-        line = get("line")
-        logs.append(
-            Log(
-                level=fields.text(get("level"), f"{where}.level", fields.MAX_NAME),
-                message=_text(get("message"), f"{where}.message"),
-                source=_text(get("source"), f"{where}.source"),
-                tags=fields.string_list(get("tags"), f"{where}.tags"),
-                time=fields.optional_time(get("time"), f"{where}.time"),
-                file=fields.optional_text(get("file"), f"{where}.file"),
-                line=None if line is None else fields.integer(line, f"{where}.line"),
-            )
-        )
+        level, message, source = get("level"), get("message"), get("source")
+        tags, when, file, line = get("tags") or [], get("time"), get("file"), get("line")
+        try:
+            valid = (
+                type(level) is str and len(level) <= fields.MAX_NAME
+                and type(message) is str and type(source) is str
+                and (file is None or type(file) is str)
+                and (line is None or (type(line) is int and -_INT64_MAX - 1 <= line <= _INT64_MAX))
+                and type(tags) is list and (_join(tags) or True)
+            )  # fmt: skip
+        except TypeError:
+            valid = False
+        if not valid:
+            where = f"logs[{index}]"
+            level = fields.text(level, f"{where}.level", fields.MAX_NAME)
+            message, source = _text(message, f"{where}.message"), _text(source, f"{where}.source")
+            fields.string_list(tags, f"{where}.tags")
+            fields.optional_text(file, f"{where}.file")
+            line = None if line is None else fields.integer(line, f"{where}.line")
+        append(Log(level, message, source, tags, _time(when, "logs", index), file, line))
     return logs
+
+
+def _time(value: Any, where: str, index: Any, suffix: str = "time") -> datetime | None:
+    """A time as agents send it at once; anything else through the full reader (named on error)."""
+    if value is None:
+        return None
+    return fields.quick_time(value) or fields.parse_time(value, f"{where}[{index}].{suffix}")[0]
 
 
 def _text(value: Any, where: str) -> str:
@@ -149,6 +180,7 @@ def _text(value: Any, where: str) -> str:
 
 
 _NUMBER_OR_NONE = (int, float, type(None))
+_fromisoformat = datetime.fromisoformat
 _INT64_MAX = fields.INT64_MAX
 _join = "".join
 
@@ -185,9 +217,7 @@ def _resource_statuses(value: Any) -> list[ResourceStatus]:
                 and (line is None or (type(line) is int and 0 <= line <= _INT64_MAX))
                 and type(evaluation_time) in _NUMBER_OR_NONE
                 and (provider is None or type(provider) is str)
-                and type(change_count) is int and 0 <= change_count <= _INT64_MAX
-                and type(out_of_sync_count) is int and 0 <= out_of_sync_count <= _INT64_MAX
-                and len(resource_type) <= fields.MAX_IDENTIFIER
+                and type(change_count) is int and type(out_of_sync_count) is int
                 # join raises TypeError unless every item is a string: a C-speed check of both lists
                 and type(containment_path) is list and type(tags) is list
                 and (_join(containment_path) or True) and (_join(tags) or True)
@@ -196,6 +226,15 @@ def _resource_statuses(value: Any) -> list[ResourceStatus]:
             valid = False
         if not valid:
             _refuse_resource_fields(key, entry, resource_type)
+        if type(when) is str:
+            try:
+                moment = _fromisoformat(when)
+            except ValueError:
+                moment = None
+            if moment is None or moment.tzinfo is not UTC:
+                moment = parse_time(when, f"resource_statuses[{key}].time")[0]
+        else:
+            moment = None if when is None else parse_time(when, f"resource_statuses[{key}].time")[0]
         append(
             ResourceStatus(
                 resource_type,
@@ -204,7 +243,7 @@ def _resource_statuses(value: Any) -> list[ResourceStatus]:
                 line,
                 containment_path,
                 tags,
-                None if when is None else parse_time(when, f"resource_statuses[{key}].time")[0],
+                moment,
                 evaluation_time,
                 provider,
                 get("failed") is True,
@@ -231,9 +270,8 @@ def _refuse_resource_fields(key: Any, entry: dict, resource_type: str) -> None:
     fields.optional_text(entry.get("provider_used"), f"{where}.provider_used")
     fields.string_list(entry.get("containment_path"), f"{where}.containment_path")
     fields.string_list(entry.get("tags"), f"{where}.tags")
-    fields.count(entry.get("change_count") or 0, f"{where}.change_count")
-    fields.count(entry.get("out_of_sync_count") or 0, f"{where}.out_of_sync_count")
-    fields.text(resource_type, f"{where}.resource_type", fields.MAX_IDENTIFIER)
+    fields.integer(entry.get("change_count") or 0, f"{where}.change_count")
+    fields.integer(entry.get("out_of_sync_count") or 0, f"{where}.out_of_sync_count")
     raise _invalid(where, "has a field of the wrong type")  # pragma: no cover - a reader raised above
 
 
@@ -251,42 +289,47 @@ def _split_resource(reference: Any) -> tuple[str, str]:
     raise ReportError(f"resource_statuses[{reference}]: no resource_type and title")
 
 
+_SCALARS = frozenset((str, int, float, bool, type(None), datetime))
+
+
 def _events(value: Any, key: Any) -> list[Event]:
     if not isinstance(value, list):
         raise ReportError(f"resource_statuses[{key}].events: expected a list")
     events = []
-    where = f"resource_statuses[{key}].events"
-    plain = fields.plain
     for entry in value:
-        if not isinstance(entry, dict):
-            raise ReportError(f"{where}: expected objects")
+        if type(entry) is not dict:
+            raise ReportError(f"resource_statuses[{key}].events: expected objects")
         get = entry.get
-        prop, message, name, redacted = get("property"), get("message"), get("name"), get("redacted")
+        status, prop, message, name = get("status"), get("property"), get("message"), get("name")
+        previous, desired, historical = get("previous_value"), get("desired_value"), get("historical_value")
+        redacted = get("redacted")
+        # Values from the decoders are in range already: only containers need the walk.
         if not (
-            (prop is None or type(prop) is str)
+            type(status) is str
+            and (prop is None or type(prop) is str)
             and (message is None or type(message) is str)
             and (name is None or type(name) is str)
             and (redacted is None or type(redacted) is bool)
+            and type(previous) in _SCALARS
+            and type(desired) in _SCALARS
+            and type(historical) in _SCALARS
         ):
+            where = f"resource_statuses[{key}].events"
+            status = _text(status, f"{where}.status")
             fields.optional_text(prop, f"{where}.property")
             fields.optional_text(message, f"{where}.message")
             fields.optional_text(name, f"{where}.name")
             fields.flag(redacted, f"{where}.redacted")
+            fields.plain(previous, f"{where}.previous_value")
+            fields.plain(desired, f"{where}.desired_value")
+            fields.plain(historical, f"{where}.historical_value")
         events.append(
             Event(
-                status=_text(get("status"), f"{where}.status"),
-                property=prop,
-                previous_value=plain(get("previous_value"), f"{where}.previous_value"),
-                desired_value=plain(get("desired_value"), f"{where}.desired_value"),
-                historical_value=plain(get("historical_value"), f"{where}.historical_value"),
-                message=message,
-                name=name,
-                time=fields.optional_time(get("time"), f"{where}.time"),
-                audited=get("audited") is True,
-                redacted=redacted,
-                corrective_change=get("corrective_change") is True,
+                status, prop, previous, desired, historical, message, name,
+                _time(get("time"), f"resource_statuses[{key}].events", "", "time"),
+                get("audited") is True, redacted, get("corrective_change") is True,
             )
-        )
+        )  # fmt: skip
     return events
 
 

@@ -178,7 +178,7 @@ async def request_body(request: web.Request) -> AsyncIterator[bytes]:
 
 
 def _too_large(limit: int) -> str:
-    return f"Report body exceeds {limit} bytes"
+    return f"Report body exceeds {limit} bytes ([reportd] max_body_size)"
 
 
 async def parse_report(request: web.Request, body: bytes, envelope: Envelope, prefix: str = "") -> Report:
