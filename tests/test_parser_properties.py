@@ -24,6 +24,7 @@ from reportd_plugins.store import _decode_cursor, stored_report
 
 from reportd import query
 from reportd.formats import Envelope, ReportError, parse
+from reportd.formats.decode import LARGE_JSON_BYTES, json_data
 from reportd.formats.fields import INT64_MAX, INT64_MIN
 from reportd.jobs.tracker import node_outcome, resource_events
 from reportd.model import Report, utcnow
@@ -259,3 +260,33 @@ def test_report_cursors_decode_or_are_400(raw):
     if decoded is not None:
         run_time, report_id = decoded
         assert math.isfinite(run_time) and 0 <= report_id <= INT64_MAX
+
+
+# -- the two JSON decoders agree -------------------------------------------------
+_PAST_INLINE = b" " * (LARGE_JSON_BYTES + 1)
+
+
+@PROPERTY
+@given(value=st.dictionaries(st.text(max_size=8), json_values, max_size=6) | json_values)
+def test_large_bodies_decode_as_small_ones_do(value):
+    body = orjson.dumps(value)
+    try:
+        small = json_data(body)
+    except ReportError:  # a NUL somewhere: refused by both
+        with pytest.raises(ReportError):
+            json_data(body + _PAST_INLINE)
+        return
+    assert json_data(body + _PAST_INLINE) == small == value
+
+
+@PROPERTY
+@given(text=st.text(alphabet='{}[]":,0123456789.eE+-truefalsnul \\u\t\n', max_size=60))
+def test_large_and_small_bodies_fail_alike(text):
+    body = text.encode()
+    outcomes = []
+    for candidate in (body, body + _PAST_INLINE):
+        try:
+            outcomes.append(("ok", json_data(candidate)))
+        except ReportError:
+            outcomes.append(("refused", None))
+    assert outcomes[0] == outcomes[1]

@@ -107,10 +107,26 @@ def _not_finite(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+def _number(text: str) -> int | float:
+    """An integer as orjson reads one: 64-bit (signed or not) as int, larger as a float."""
+    number = int(text)
+    if INT64_MIN <= number <= _UINT64_MAX:
+        return number
+    return _finite(text)
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return number
+
+
 class _Pieces:
     def __init__(self, text: str) -> None:
         self.text = text
-        self.scan = json.JSONDecoder(parse_constant=_not_finite).scan_once
+        decoder = json.JSONDecoder(parse_constant=_not_finite, parse_int=_number, parse_float=_finite)
+        self.scan = decoder.scan_once
         self.skip = _WHITESPACE.match
 
     def document(self) -> Any:
