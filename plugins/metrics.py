@@ -263,12 +263,11 @@ class NodeTable:
                     node.render(self.categories)
                 await asyncio.sleep(0)
             return
-        loop = asyncio.get_running_loop()
         for start in range(0, len(dirty), WORKER_BATCH):
             batch = dirty[start : start + WORKER_BATCH]
             payloads = [node.payload() for node in batch]
             try:
-                rendered = await loop.run_in_executor(self.worker, render_payloads, payloads, self.categories)
+                rendered = await self._render(payloads)
             except Exception:
                 self.dirty.update(node.certname for node in batch)  # rendered on the next pass
                 raise
@@ -276,6 +275,18 @@ class NodeTable:
                 node.rendered = blocks
                 if self.nodes.get(node.certname) is not node:
                     self.dirty.add(node.certname)  # a newer report arrived meanwhile
+
+    async def _render(self, payloads: list[tuple]) -> list[dict[str, bytes]]:
+        loop = asyncio.get_running_loop()
+        assert self.worker is not None
+        try:
+            return await loop.run_in_executor(self.worker, render_payloads, payloads, self.categories)
+        except concurrent.futures.process.BrokenProcessPool:
+            # The renderer process died (killed, out of memory): a new one, and this batch again.
+            log.warning("metrics_renderer_restarted")
+            self.worker.shutdown(wait=False)
+            self.worker = render_worker()
+            return await loop.run_in_executor(self.worker, render_payloads, payloads, self.categories)
 
     async def chunks(self, now: float) -> AsyncIterator[bytes]:
         """A scrape's per-node part, family by family, rendering changed nodes on the way.
@@ -332,6 +343,11 @@ class NodeTable:
             after = rows[-1].certname
 
 
+def render_worker() -> concurrent.futures.ProcessPoolExecutor:
+    context = multiprocessing.get_context("spawn")
+    return concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context)
+
+
 def _table(context: PluginContext) -> NodeTable:
     """The daemon's one table, shared by the processor and the route."""
     table = context.state.get(NAME)
@@ -346,9 +362,7 @@ class MetricsProcessor(Processor):
 
     async def start(self) -> None:
         self.table = _table(self.context)
-        self.table.worker = concurrent.futures.ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn")
-        )
+        self.table.worker = render_worker()
         await self.table.rebuild(self.context)
         self.renderer = asyncio.create_task(self._render_forever(), name="metrics-render")
 

@@ -11,6 +11,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from reportd.web import CONTEXT
 from tests.conftest import SAMPLE_CERTNAME, ini_for, sample, wait_until
 
 HOST = SAMPLE_CERTNAME
@@ -269,3 +270,19 @@ async def test_series_are_rebuilt_from_the_store_after_a_restart(daemon_factory,
         assert value(s, "puppet_report_resources", **node(name="Changed")) == 6
         assert value(s, "puppet_status", **node(state="changed")) == 1
         assert restarted.stop() == 0
+
+
+async def test_a_renderer_process_that_dies_is_replaced(client):
+    await put(client, "agent-changes.json")
+    await wait_until(lambda: drained(client))
+    assert value(await scrape(client), "puppet_report_resources", **node(), name="Total") == 13
+    context = client.app[CONTEXT]
+    worker = context.state["metrics"].worker
+    for process in list(worker._processes.values()):  # the executor's own processes
+        process.kill()
+        await asyncio.to_thread(process.join, 10)
+    await put(client, "agent-changes.json", host="later.example.test")
+    await wait_until(lambda: drained(client))
+    samples = await scrape(client)
+    assert value(samples, "puppet_report_resources", **node("later.example.test"), name="Total") == 13
+    assert context.state["metrics"].worker is not worker
