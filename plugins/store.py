@@ -166,12 +166,9 @@ class StoreAPI:
         await require_permission(request, VIEW)
         params = request.query
         limit = _limit(params)
-        status = params.get("status")
-        if status is not None and status not in RUN_STATUSES:
-            raise api_error(400, "invalid status", {"status": f"one of {', '.join(RUN_STATUSES)}"})
         report_query = ReportQuery(
             certname=params.get("certname"),
-            status=status,
+            status=_status(params),
             environment=params.get("environment"),
             since=_param(params, "since", query.timestamp),
             until=_param(params, "until", query.timestamp),
@@ -234,7 +231,7 @@ class StoreAPI:
         limit = _limit(request.query)
         rows = await self.context.storage.list_nodes(
             environment=request.query.get("environment"),
-            status=request.query.get("status"),
+            status=_status(request.query),
             limit=limit + 1,
             after=request.query.get("cursor"),
         )
@@ -270,6 +267,15 @@ def _raw_type(row: StoredReport) -> str:
     if row.format in ("foreman", "chef"):
         return "application/json"
     return "application/octet-stream"
+
+
+def _status(params) -> str | None:
+    # Refused rather than matched against nothing: an empty answer to a misspelt status reads
+    # as "no node has failed".
+    status = params.get("status")
+    if status is not None and status not in RUN_STATUSES:
+        raise api_error(400, "invalid status", {"status": f"one of {', '.join(RUN_STATUSES)}"})
+    return status
 
 
 def _limit(params) -> int:

@@ -22,6 +22,7 @@ from reportd.dispatch import _ReportCache
 from reportd.formats import Envelope, ReportError, parse
 from reportd.model import Report, utcnow
 from reportd.parsing import ByteBudget
+from reportd.status import RUN_STATUSES
 from reportd.storage import ReportQuery
 from reportd.web import STORAGE
 from tests.conftest import deliveries, sample, wait_until
@@ -541,6 +542,14 @@ async def test_report_query_parameters_out_of_range_are_400(client, query, field
     response = await client.get(f"/api/v1/reports?{query}")
     assert response.status == 400
     assert field in (await response.json())["error"]["details"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/reports", "/api/v1/nodes"])
+async def test_an_unknown_run_status_filter_is_400_not_an_empty_list(client, path):
+    response = await client.get(f"{path}?status=faild")
+    assert response.status == 400
+    assert (await response.json())["error"]["details"] == {"status": "one of " + ", ".join(RUN_STATUSES)}
+    assert (await client.get(f"{path}?status=failed")).status == 200
 
 
 async def test_report_ids_out_of_range_are_400(client):
