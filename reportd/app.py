@@ -37,6 +37,7 @@ from reportd.web import (
     STORAGE,
     TELEMETRY,
     api_error,
+    fail_truncated_deflate_bodies,
     json_response,
     require_permission,
 )
@@ -75,6 +76,7 @@ def create_app(
 ) -> web.Application:
     """Build the application. No I/O happens until a runner starts it."""
     prepared = prepare(config, pm)
+    fail_truncated_deflate_bodies()
     if storage is None:
         storage = open_storage(
             config.database_url,

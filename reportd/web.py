@@ -109,6 +109,30 @@ async def read_body(request: web.Request, limit: int, share: Share | None = None
     return bytes(chunks)
 
 
+def fail_truncated_deflate_bodies() -> None:
+    """Make a deflate body that ends before its stream does fail the handler's read, as other bad bodies do.
+
+    aiohttp (3.14) raises that error from its parser when the body ends, outside the body's stream: the
+    handler then waits for the rest of a body that never comes (until the client gives up), or, when the
+    body came with the headers, the request is dropped for aiohttp's own plain-text 400.
+    """
+    from aiohttp import http_parser
+
+    buffer = http_parser.DeflateBuffer
+    if getattr(buffer.feed_eof, "reportd", False):
+        return
+    feed_eof = buffer.feed_eof
+
+    def feed_eof_or_fail(self) -> None:
+        try:
+            feed_eof(self)
+        except http_parser.ContentEncodingError as error:
+            self.set_exception(error)
+
+    feed_eof_or_fail.reportd = True  # type: ignore[attr-defined]
+    buffer.feed_eof = feed_eof_or_fail
+
+
 def _encoded(request: web.Request) -> bool:
     return request.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
 

@@ -489,6 +489,43 @@ async def test_bodies_that_do_not_decode_are_4xx_in_the_family_shape(client, fam
     assert await stored_ids(client) == set()
 
 
+@pytest.mark.parametrize("split", [True, False], ids=["body-after-headers", "one-packet"])
+@pytest.mark.parametrize(
+    ("path", "error_key"),
+    [
+        ("/reports/upload", "issue_kind"),
+        ("/api/config_reports", "error"),
+        ("/api/v1/reports/schedules", "error"),
+    ],
+)
+async def test_a_deflate_body_that_ends_early_is_400_in_json_without_a_wait(
+    aiohttp_client, make_app, path, error_key, split
+):
+    # aiohttp finds this when the body ends, outside the handler's body stream (Schemathesis found the wait)
+    client = await aiohttp_client(make_app("anonymous_permissions = admin\n"))
+    body = zlib.compress(orjson.dumps(puppet_report()))[:5]
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: reportd\r\nContent-Type: application/json\r\n"
+        f"Content-Encoding: deflate\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(head if split else head + body)
+        await writer.drain()
+        if split:
+            await asyncio.sleep(0.05)
+            writer.write(body)
+        answer = await asyncio.wait_for(reader.read(), 5)  # the connection closes after the answer
+    finally:
+        writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    headers, _, payload = rest.partition(b"\r\n\r\n")
+    assert status_line == b"HTTP/1.1 400 Bad Request"
+    assert b"Content-Type: application/json" in headers
+    assert error_key in orjson.loads(payload)
+    assert await stored_ids(client) == set()
+
+
 # ("." and ".." never reach a handler: URLs are normalized first; bodies are tested below)
 BAD_URL_CERTNAMES = ["a%00b.example.test", "new%0Aline.example.test", "evil%E2%80%AE.example.test",
                      "x" * 256, "sp%C3%A9cial.example.test", "a%2Fb.example.test"]  # fmt: skip
