@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import pluggy
@@ -117,6 +118,7 @@ def create_app(
     setup_ingest_routes(app)
     app.router.add_get("/api/v1/queue", get_queue)
     app.router.add_get("/healthz", get_health)
+    app.router.add_get("/api/openapi.json", _openapi_handler())
     jobs.add_routes(app)
     pm.hook.reportd_add_routes(app=app, context=context)
     return app
@@ -236,6 +238,21 @@ async def get_queue(request: web.Request) -> web.Response:
             "oldest_pending_seconds": round(now - oldest, 3) if oldest is not None else None,
         }
     return json_response({"processors": body})
+
+
+def _openapi_handler() -> Callable[[web.Request], Awaitable[web.Response]]:
+    """``GET /api/openapi.json``: the document shipped in the package, as it is, to anyone.
+
+    Read when the application is built, so a package without it fails at start-up, not at a request.
+    """
+    document = resources.files("reportd").joinpath("openapi.json").read_bytes()
+
+    async def get_openapi(request: web.Request) -> web.Response:
+        response = web.Response(body=document, content_type="application/json")
+        response.enable_compression()  # over 200 KB of indented JSON
+        return response
+
+    return get_openapi
 
 
 async def get_health(request: web.Request) -> web.Response:

@@ -108,6 +108,7 @@ def test_wheel_ships_the_builtin_plugins_as_reportd_plugins(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
     assert {"reportd_plugins/__init__.py", "reportd_plugins/store.py", "reportd/storage/sqlite.py"} <= names
+    assert "reportd/openapi.json" in names  # served at /api/openapi.json
     assert not any(name.startswith(("plugins/", "tests/", "bench/")) for name in names)
     target = tmp_path / "site"
     installed = subprocess.run(
