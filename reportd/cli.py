@@ -37,7 +37,7 @@ def _plugin_manager(config: Config):
     try:
         return get_plugin_manager(blocked=config.disabled_plugins, plugin_paths=config.plugin_paths)
     except ConfigError as error:
-        raise click.ClickException(str(error)) from None
+        raise Problems(error.problems) from None
 
 
 def _with_storage(config: Config, job: Callable[[Storage], Awaitable[T]]) -> T:
@@ -89,12 +89,41 @@ class PluginCommands(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return super().get_command(ctx, cmd_name) or self._plugin_commands(ctx).get_command(ctx, cmd_name)
 
+    def invoke(self, ctx: click.Context):
+        """Run the command; an operational error (a file, the database, the network, TLS)
+        ends it with one ``Error:`` line and exit status 1, a traceback only with --debug."""
+        from reportd.preflight import describe
+        from reportd.storage import SchemaError, unavailable_errors
+
+        try:
+            return super().invoke(ctx)
+        except (*unavailable_errors(), ssl.SSLError, SchemaError, ConfigError) as error:
+            if ctx.params.get("debug"):
+                raise
+            if isinstance(error, ConfigError):
+                raise Problems(error.problems) from None
+            raise click.ClickException(describe(error)) from None
+
 
 def _load_config(config_path: Path | None, data_dir: Path | None) -> Config:
     try:
         return load_config(config_path).with_overrides(data_dir=data_dir)
     except ConfigError as error:
-        raise click.ClickException(str(error)) from None
+        raise Problems(error.problems) from None
+
+
+class Problems(click.ClickException):
+    """Several problems, each on a line of its own, as ``Error: ...`` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+    def show(self, file=None) -> None:
+        for problem in self.problems:
+            click.echo(f"Error: {problem}", err=True)
+        if len(self.problems) > 1:
+            click.echo(f"{len(self.problems)} problems", err=True)
 
 
 def plugin_context(ctx: click.Context):
@@ -134,10 +163,11 @@ def plugin_context(ctx: click.Context):
     is_eager=True,
     help="Overrides [reportd] data_dir, for every command.",
 )
+@click.option("--debug", is_flag=True, help="Show the traceback of an error instead of one line.")
 @click.pass_context
-def cli(ctx: click.Context, config_path: Path | None, data_dir: Path | None) -> None:
+def cli(ctx: click.Context, config_path: Path | None, data_dir: Path | None, debug: bool) -> None:
     """reportd: receive configuration-management run reports and process them."""
-    ctx.obj = {"config_path": config_path, "data_dir": data_dir}
+    ctx.obj = {"config_path": config_path, "data_dir": data_dir, "debug": debug}
 
 
 @cli.command()
@@ -167,15 +197,25 @@ def serve(ctx: click.Context, listen: str | None, data_dir: Path | None) -> None
 @cli.command("check-config")
 @click.pass_context
 def check_config(ctx: click.Context) -> None:
-    """Validate the configuration and the plugins' sections; exit 1 on error."""
+    """Check the configuration and everything serve needs at start: the plugins'
+    sections, the data directory, the database and its schema, the TLS files.
+    Every problem is reported, one line each; exit status 1 if there is any."""
     from reportd.app import prepare
+    from reportd.preflight import storage_check, tls_check
 
     config = _load(ctx)
+    problems: list[str] = []
     try:
         prepare(config, _plugin_manager(config))
     except ConfigError as error:
-        raise click.ClickException(str(error)) from None
+        problems += error.problems
+    problems += tls_check(config)
+    storage_problems, schema = asyncio.run(storage_check(config))
+    problems += storage_problems
+    if problems:
+        raise Problems(problems)
     click.echo(f"{config.source}: OK (processors: {', '.join(config.processors) or 'none'})")
+    click.echo(f"database: {redacted_url(config.database_url)}, {schema}")
 
 
 @cli.command()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -49,11 +51,110 @@ def wait_for(check, within: float = 15.0, interval: float = 0.1):
 # -- check-config --------------------------------------------------------------
 
 
-def test_check_config_ok(ini):
+def test_check_config_ok(ini, tmp_path):
     path = ini(processors="store, recorder")
     result = run("-c", str(path), "check-config")
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"{path}: OK (processors: store, recorder)\n"
+    assert result.stdout == (
+        f"{path}: OK (processors: store, recorder)\n"
+        f"database: sqlite:///{tmp_path / 'reportd.sqlite3'}, schema version 0, 5 migrations to apply"
+        " at start (auto_migrate)\n"
+    )
+
+
+def test_check_config_reports_every_problem_with_a_suggestion(tmp_path):
+    path = tmp_path / "r.ini"
+    path.write_text(
+        "[reportd]\nprocesors = store\nlisten = 127.0.0.1:99999\nprocessors = store, puppetdb\n"
+        "disabled_plugins = reportd_plugins.nope\n[plugin:puppetdb]\nurls = puppetdb:8080\n"
+    )
+    result = run("-c", str(path), "check-config")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"Error: {path}: [reportd] procesors: unknown key (did you mean processors?)",
+        f"Error: {path}: [reportd] listen: expected HOST:PORT with a port from 0 to 65535, got '127.0.0.1:99999'",
+        "2 problems",
+    ]
+    path.write_text(
+        f"[reportd]\ndata_dir = {tmp_path}\nprocessors = store, puppetdb\n"
+        "disabled_plugins = reportd_plugins.nope\n[plugin:puppetdb]\nurls = puppetdb:8080\n"
+    )
+    result = run("-c", str(path), "check-config")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"Error: {path}: [plugin:puppetdb] urls: expected an http:// or https:// URL with a host,"
+        " got 'puppetdb:8080'",
+        f"Error: {path}: [reportd] disabled_plugins: no plugin named 'reportd_plugins.nope'"
+        " (did you mean reportd_plugins.store?) (see `reportd plugins`)",
+        "2 problems",
+    ]
+
+
+def test_check_config_finds_what_serve_would_fail_on(tmp_path):
+    import trustme
+
+    ca = trustme.CA()
+    ca.issue_cert("a.example.test").cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    ca.issue_cert("b.example.test").private_key_pem.write_to_path(tmp_path / "key.pem")
+    path = tmp_path / "r.ini"
+    path.write_text(
+        f"[reportd]\ndata_dir = /proc/reportd-here\ntls_cert = {tmp_path / 'cert.pem'}\n"
+        f"tls_key = {tmp_path / 'key.pem'}\n"
+    )
+    result = run("-c", str(path), "check-config")
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"Error: {path}: [reportd] TLS: tls_key is not the private key of tls_cert"
+    assert lines[1].startswith(
+        f"Error: {path}: [reportd] data_dir: /proc/reportd-here cannot be created in /proc: "
+    )
+    assert lines[2] == "2 problems"
+
+
+@pytest.mark.parametrize(
+    ("database", "cause"),
+    [
+        (
+            "postgresql://postgres@127.0.0.1:5432/reportd_no_such_db",
+            'database "reportd_no_such_db" does not exist',
+        ),
+        ("postgresql://postgres@127.0.0.1:1/test", "Connect call failed ('127.0.0.1', 1)"),
+        (
+            "postgresql://reportd_no_such_role@127.0.0.1:5432/test",
+            'role "reportd_no_such_role" does not exist',
+        ),
+        ("postgresql://postgres:secret@127.0.0.1:5432/test?sslmode=require", "rejected SSL upgrade"),
+    ],
+)
+def test_a_wrong_database_is_one_line_everywhere(tmp_path, database, cause):
+    path = tmp_path / "r.ini"
+    path.write_text(f"[reportd]\ndatabase = {database}\ndata_dir = {tmp_path}\n")
+    shown = database.replace(":secret@", ":***@")
+    checked = run("-c", str(path), "check-config")
+    assert checked.exit_code == 1
+    assert checked.stderr.startswith(f"Error: {path}: [reportd] database: cannot open {shown}: ")
+    assert cause in checked.stderr and checked.stderr.count("\n") == 1
+    for command in (["db", "status"], ["serve", "--listen", "127.0.0.1:0"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "reportd", "-c", str(path), *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith(f"Error: cannot connect to PostgreSQL ({shown}): "), result.stderr
+        assert cause in result.stderr and "Traceback" not in result.stderr and "secret" not in result.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    path = tmp_path / "r.ini"
+    path.write_text("[reportd]\ndatabase = postgresql://postgres@127.0.0.1:1/test\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "reportd", "--debug", "-c", str(path), "db", "status"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "StorageUnavailable" in result.stderr
 
 
 def test_check_config_unknown_key(ini):
@@ -465,7 +566,7 @@ def test_reportd_config_environment_fallback(ini, tmp_path):
     good = ini(processors="store, recorder")
     result = run("check-config", env={"REPORTD_CONFIG": str(good)})
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"{good}: OK (processors: store, recorder)\n"
+    assert result.stdout.splitlines()[0] == f"{good}: OK (processors: store, recorder)"
 
     bad = ini("colour = blue\n", name="bad.ini")
     result = run("check-config", env={"REPORTD_CONFIG": str(bad)})

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -34,6 +34,7 @@ import orjson
 import structlog
 
 from reportd.auth import TokenRecord
+from reportd.config import redacted_url
 from reportd.storage import (
     Accepted,
     Claim,
@@ -47,6 +48,7 @@ from reportd.storage import (
     SchemaStatus,
     SpooledReport,
     Storage,
+    StorageUnavailable,
     StoredReport,
     check_schema,
     postgres_jobs,
@@ -221,7 +223,18 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
 
     async def connect(self) -> asyncpg.Connection:
         """One connection outside the pool (migrations, bulk copies), on this storage's schema."""
-        return await asyncpg.connect(self.dsn, server_settings=await self._ensure_schema())
+        async with self._reachable():
+            return await asyncpg.connect(self.dsn, server_settings=await self._ensure_schema())
+
+    @contextlib.asynccontextmanager
+    async def _reachable(self) -> AsyncIterator[None]:
+        """Connecting: what goes wrong is said with the server it went wrong with."""
+        try:
+            yield
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            raise StorageUnavailable(
+                f"cannot connect to PostgreSQL ({redacted_url(self.dsn)}): {_clause(error)}"
+            ) from error
 
     async def schema_status(self) -> SchemaStatus:
         conn = await self.connect()
@@ -238,10 +251,11 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
             await conn.close()
 
     async def open(self) -> None:
-        server_settings = await self._ensure_schema()
-        self._pool = await asyncpg.create_pool(
-            self.dsn, min_size=1, max_size=10, server_settings=server_settings, reset=_keep_session
-        )
+        async with self._reachable():
+            server_settings = await self._ensure_schema()
+            self._pool = await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=10, server_settings=server_settings, reset=_keep_session
+            )
         try:
             async with self._pool.acquire() as conn:
                 await _migrate(conn, apply=self._auto_migrate)
@@ -757,6 +771,13 @@ def _compress_bodies(batch: list[_Pending]) -> None:
     for item in batch:
         if item.processors:
             item.body = zlib.compress(item.entry.body, COMPRESSION_LEVEL)
+
+
+def _clause(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _settle(
