@@ -106,7 +106,7 @@ async def test_expire_command_applies_retention(aiohttp_client, make_app, tmp_pa
         capture_output=True,
         text=True,
     )
-    assert len(listing.stdout.splitlines()) == 1
+    assert len(listing.stdout.splitlines()) == 2  # the header and the one report left
 
 
 async def seed_old_reports(url: str, count: int, run_time: float) -> None:

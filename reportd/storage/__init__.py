@@ -321,7 +321,12 @@ class Storage(JobStorage, ScheduleStorage, abc.ABC):
         """Delete one batch of reports (and silent nodes) older than ``before``."""
 
     @abc.abstractmethod
-    async def count_reports(self) -> int: ...
+    async def count_reports(self, before: float | None = None) -> int:
+        """Stored reports (those whose run time is before ``before``, when given)."""
+
+    @abc.abstractmethod
+    async def count_expired_spool(self, before: float) -> int:
+        """Delivered spool entries received before ``before`` (what :meth:`expire_spool` deletes)."""
 
     # -- tokens ----------------------------------------------------------------
     @abc.abstractmethod

@@ -717,8 +717,15 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
                 )
             return len(ids)
 
-    async def count_reports(self) -> int:
-        return await self.pool.fetchval("SELECT count(*) FROM reports")
+    async def count_reports(self, before: float | None = None) -> int:
+        return await self.pool.fetchval(
+            "SELECT count(*) FROM reports WHERE ($1::float8 IS NULL OR run_time < $1)", before
+        )
+
+    async def count_expired_spool(self, before: float) -> int:
+        return await self.pool.fetchval(
+            "SELECT count(*) FROM inbox WHERE received_at < $1 AND body IS NULL", before
+        )
 
     # -- tokens ----------------------------------------------------------------
     async def create_token(

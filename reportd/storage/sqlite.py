@@ -552,8 +552,13 @@ class SQLiteStorage(sqlite_jobs.SQLiteJobs, sqlite_schedules.SQLiteSchedules, St
 
         return await self._write(job)
 
-    async def count_reports(self) -> int:
-        return await self._read(lambda c: c.execute("SELECT count(*) FROM reports").fetchone()[0])
+    async def count_reports(self, before: float | None = None) -> int:
+        sql, params = "SELECT count(*) FROM reports WHERE (? IS NULL OR run_time < ?)", (before, before)
+        return await self._read(lambda c: c.execute(sql, params).fetchone()[0])
+
+    async def count_expired_spool(self, before: float) -> int:
+        sql = "SELECT count(*) FROM inbox WHERE received_at < ? AND body IS NULL"
+        return await self._read(lambda c: c.execute(sql, (before,)).fetchone()[0])
 
     # -- tokens ----------------------------------------------------------------
     async def create_token(
