@@ -86,6 +86,8 @@ class Dispatcher:
         self._internal = [_Worker(p) for p in internal]
         self._stopping = False
         self.stats = {p.name: ProcessorStats() for p in [*processors, *internal]}
+        for name in self.stats:  # a series from the start, so that rate() sees the first failure
+            self._telemetry.processor_failures.labels(name)
 
     @property
     def processor_names(self) -> list[str]:
