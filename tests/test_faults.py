@@ -14,6 +14,7 @@ import contextlib
 import resource
 import subprocess
 import sys
+import urllib.parse
 import uuid
 
 import aiohttp
@@ -153,11 +154,14 @@ class Cuttable:
         self.links -= {writer, up_writer}
 
 
-async def test_postgresql_down_for_seconds_is_503_and_loses_nothing_acknowledged(daemon_factory, tmp_path):
-    async with fresh_database() as database:
-        proxy = Cuttable(("127.0.0.1", 5432))
+async def test_postgresql_down_for_seconds_is_503_and_loses_nothing_acknowledged(
+    daemon_factory, tmp_path, pg_dsn
+):
+    async with fresh_database(pg_dsn) as database:
+        server = urllib.parse.urlsplit(database)  # the test server: the local one or a throwaway cluster
+        proxy = Cuttable((server.hostname, server.port))
         await proxy.open()
-        through_proxy = database.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        through_proxy = database.replace(f"{server.hostname}:{server.port}", f"127.0.0.1:{proxy.port}")
         assert through_proxy != database
         ini = (
             f"[reportd]\ndatabase = {through_proxy}\ndata_dir = {tmp_path}\nprocessors = store\n"
