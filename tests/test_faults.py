@@ -139,6 +139,15 @@ class Cuttable:
             writer.transport.abort()
         await self.server.wait_closed()
 
+    async def __aenter__(self) -> Cuttable:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        # Left open, its listening socket outlived the test's loop and its ResourceWarning
+        # failed whichever later test the collector happened to run in.
+        await self.cut()
+
     async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(*self.target)
         self.links |= {writer, up_writer}
@@ -157,10 +166,8 @@ class Cuttable:
 async def test_postgresql_down_for_seconds_is_503_and_loses_nothing_acknowledged(
     daemon_factory, tmp_path, pg_dsn
 ):
-    async with fresh_database(pg_dsn) as database:
-        server = urllib.parse.urlsplit(database)  # the test server: the local one or a throwaway cluster
-        proxy = Cuttable((server.hostname, server.port))
-        await proxy.open()
+    server = urllib.parse.urlsplit(pg_dsn)  # the test server: the local one or a throwaway cluster
+    async with fresh_database(pg_dsn) as database, Cuttable((server.hostname, server.port)) as proxy:
         through_proxy = database.replace(f"{server.hostname}:{server.port}", f"127.0.0.1:{proxy.port}")
         assert through_proxy != database
         ini = (
