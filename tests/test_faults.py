@@ -14,6 +14,7 @@ import contextlib
 import resource
 import subprocess
 import sys
+import urllib.parse
 import uuid
 
 import aiohttp
@@ -138,6 +139,15 @@ class Cuttable:
             writer.transport.abort()
         await self.server.wait_closed()
 
+    async def __aenter__(self) -> Cuttable:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        # Left open, its listening socket outlived the test's loop and its ResourceWarning
+        # failed whichever later test the collector happened to run in.
+        await self.cut()
+
     async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(*self.target)
         self.links |= {writer, up_writer}
@@ -153,11 +163,12 @@ class Cuttable:
         self.links -= {writer, up_writer}
 
 
-async def test_postgresql_down_for_seconds_is_503_and_loses_nothing_acknowledged(daemon_factory, tmp_path):
-    async with fresh_database() as database:
-        proxy = Cuttable(("127.0.0.1", 5432))
-        await proxy.open()
-        through_proxy = database.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+async def test_postgresql_down_for_seconds_is_503_and_loses_nothing_acknowledged(
+    daemon_factory, tmp_path, pg_dsn
+):
+    server = urllib.parse.urlsplit(pg_dsn)  # the test server: the local one or a throwaway cluster
+    async with fresh_database(pg_dsn) as database, Cuttable((server.hostname, server.port)) as proxy:
+        through_proxy = database.replace(f"{server.hostname}:{server.port}", f"127.0.0.1:{proxy.port}")
         assert through_proxy != database
         ini = (
             f"[reportd]\ndatabase = {through_proxy}\ndata_dir = {tmp_path}\nprocessors = store\n"
