@@ -253,6 +253,15 @@ class Storage(JobStorage, ScheduleStorage, abc.ABC):
         """Up to ``limit`` due deliveries, leased to the caller for ``lease`` seconds."""
 
     @abc.abstractmethod
+    async def give_back_leases(self, processor: str) -> None:
+        """Release this instance's leases of ``processor``'s deliveries.
+
+        For a worker that failed mid-delivery (the database went away): nothing of
+        it is in flight, and its claimed deliveries would otherwise wait for their
+        leases to run out. Claims whose answer was lost are released too.
+        """
+
+    @abc.abstractmethod
     async def load_spooled(self, report_ids: Sequence[int]) -> list[SpooledReport]: ...
 
     @abc.abstractmethod

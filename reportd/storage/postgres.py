@@ -207,6 +207,7 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
         # lease's end: what it gives back at close (a batch cut short by the stop).
         self._leases: dict[tuple[str, int], float] = {}
         self._health: tuple[float, str | None] | None = None
+        self._unanswered_claims: set[tuple[str, float]] = set()
 
     async def _ensure_schema(self) -> dict[str, str]:
         """The server settings of every connection (the search path of ``schema``)."""
@@ -434,6 +435,9 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
         return results
 
     async def claim(self, processor: str, limit: int, now: float, lease: float) -> list[Claim]:
+        # Should the answer be lost (the connection drops after the commit), the lease's
+        # exact end identifies the rows this claim took: give_back_leases releases them.
+        self._unanswered_claims.add((processor, now + lease))
         rows = await self.pool.fetch(
             "UPDATE deliveries d SET lease_until = $1 FROM ("
             " SELECT report_id FROM deliveries WHERE processor = $2 AND state = 'pending'"
@@ -445,9 +449,26 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
             now,
             limit,
         )
+        self._unanswered_claims.discard((processor, now + lease))
         for report_id, _ in rows:
             self._leases[(processor, report_id)] = now + lease
         return [Claim(report_id, attempts) for report_id, attempts in sorted(rows)]
+
+    async def give_back_leases(self, processor: str) -> None:
+        leases = [(p, r, until) for (p, r), until in self._leases.items() if p == processor]
+        leases += [(p, None, until) for p, until in self._unanswered_claims if p == processor]
+        if not leases:
+            return
+        await self.pool.executemany(
+            "UPDATE deliveries SET lease_until = NULL WHERE processor = $1"
+            " AND ($2::bigint IS NULL OR report_id = $2) AND lease_until = $3",
+            leases,
+        )
+        for p, report_id, until in leases:
+            if report_id is None:
+                self._unanswered_claims.discard((p, until))
+            else:
+                self._leases.pop((p, report_id), None)
 
     async def load_spooled(self, report_ids: Sequence[int]) -> list[SpooledReport]:
         if not report_ids:
