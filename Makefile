@@ -5,9 +5,15 @@ BIN := $(VENV)/bin
 
 .PHONY: run test lint bench clean
 
+# reportd and its runtime dependencies only.
 $(BIN)/reportd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+# The test extras on top (pytest and its plugins, ruff, trustme, ...); again whenever reportd is.
+$(BIN)/pytest: $(BIN)/reportd
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $@
 
@@ -16,7 +22,7 @@ run: $(BIN)/reportd
 	$(BIN)/reportd serve
 
 # Install with the test dependencies, then lint and run the whole suite.
-test: $(BIN)/reportd
+test: $(BIN)/pytest
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest

@@ -40,6 +40,7 @@ from reportd_plugins.email_scheduler import (
 )
 
 from reportd import PluginContext, Setting, hookimpl, query, require_permission
+from reportd.output import echo_json_lines, echo_table
 from reportd.settings import as_duration, as_path, as_positive_int, as_str, one_of
 from reportd.storage import SchemaError
 from reportd.storage.schedules import EDITABLE, Schedule, ScheduleQuery
@@ -449,37 +450,53 @@ def _with_context(job):
 
 @hookimpl
 def reportd_register_commands(cli: click.Group):
-    @cli.group()
+    @cli.group(short_help="Email digest schedules: list, runs, send one now.")
     def schedules() -> None:
         """Email report schedules: list them, their runs, preview or send a digest."""
 
-    @schedules.command("list")
-    def schedules_list() -> None:
+    @schedules.command("list", short_help="Every schedule and its last run.")
+    @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+    def schedules_list(as_json: bool) -> None:
         """Every schedule, with its last execution and its last send error."""
         rows, _ = _with_context(lambda c: c.storage.list_schedules(ScheduleQuery()))
-        if not rows:
-            click.echo("no schedules (create one with POST /api/v1/reports/schedules)")
-        for s in rows:
-            click.echo(
-                f"{s.id}  {s.schedule:<8} {s.type:<9} {s.timezone:<20}"
-                f" last run {_micros_iso(s.end_timestamp)}  {s.name}  -> {', '.join(s.send_to)}"
-            )
-            if s.last_error:
-                click.echo(f"    last error: {s.last_error}")
+        if as_json:
+            echo_json_lines({**s.to_api(), "last_error": s.last_error} for s in rows)
+            return
+        echo_table(
+            ("ID", "SCHEDULE", "TYPE", "TIMEZONE", "LAST RUN", "NAME", "SEND TO", "LAST ERROR"),
+            [(s.id, s.schedule, s.type, s.timezone, _micros_iso(s.end_timestamp), s.name,
+              ", ".join(s.send_to), s.last_error) for s in rows],
+            empty="no schedules (create one with POST /api/v1/reports/schedules)",
+        )  # fmt: skip
 
-    @schedules.command("runs")
+    @schedules.command("runs", short_help="A schedule's periods and how they went.")
     @click.argument("schedule_id")
-    @click.option("--limit", default=20, show_default=True)
-    def schedules_runs(schedule_id: str, limit: int) -> None:
+    @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+    @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+    def schedules_runs(schedule_id: str, limit: int, as_json: bool) -> None:
         """A schedule's periods: sent, empty, pending (with attempts) or failed."""
-        for run in _with_context(lambda c: c.storage.schedule_runs(schedule_id, limit)):
-            error = f"  {run.last_error}" if run.last_error else ""
-            click.echo(
-                f"{_micros_iso(run.period_start)} .. {_micros_iso(run.period_end)}  {run.state:<8}"
-                f" attempts {run.attempts}{error}"
-            )
 
-    @schedules.command("run")
+        async def job(context: PluginContext):
+            if await context.storage.get_schedule(schedule_id) is None:
+                raise click.ClickException(f"no schedule {schedule_id}")
+            return await context.storage.schedule_runs(schedule_id, limit)
+
+        runs = _with_context(job)
+        if as_json:
+            echo_json_lines(
+                {"period_start": _micros_iso(r.period_start), "period_end": _micros_iso(r.period_end),
+                 "state": r.state, "attempts": r.attempts, "last_error": r.last_error}
+                for r in runs
+            )  # fmt: skip
+            return
+        echo_table(
+            ("PERIOD START", "PERIOD END", "STATE", "ATTEMPTS", "LAST ERROR"),
+            [(_micros_iso(r.period_start), _micros_iso(r.period_end), r.state, r.attempts, r.last_error)
+             for r in runs],
+            empty=f"no runs of schedule {schedule_id} yet",
+        )  # fmt: skip
+
+    @schedules.command("run", short_help="Print or send a schedule's latest digest now.")
     @click.argument("schedule_id")
     @click.option("--dry-run", is_flag=True, help="print the digest instead of sending it")
     @click.option("--html", "show_html", is_flag=True, help="with --dry-run: the whole MIME message")

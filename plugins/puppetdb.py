@@ -27,7 +27,7 @@ import orjson
 import structlog
 
 from reportd import PermanentError, Processor, Report, Setting, hookimpl
-from reportd.settings import as_bool, as_duration, as_list, as_path, as_positive_int, as_str, one_of
+from reportd.settings import as_bool, as_duration, as_path, as_positive_int, as_str, as_urls, one_of
 
 log = structlog.get_logger("reportd_plugins.puppetdb")
 
@@ -42,7 +42,7 @@ PUPPET_STATUS = {"failed": "failed", "changed": "changed"}
 def reportd_declare_settings():
     return {
         NAME: {
-            "urls": Setting("http://127.0.0.1:8080", as_list, "PuppetDB base URLs"),
+            "urls": Setting("http://127.0.0.1:8080", as_urls, "PuppetDB base URLs"),
             "mode": Setting("failover", one_of("failover", "broadcast"), "first that answers, or each"),
             "include_unchanged_resources": Setting("false", as_bool, "send unchanged resources too"),
             "verify": Setting("false", as_bool, "confirm each report is stored by querying it back"),

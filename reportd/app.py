@@ -24,8 +24,8 @@ from reportd.jobs.tracker import NAME as JOBS_CONSUMER
 from reportd.jobs.tracker import Tracker
 from reportd.parsing import ByteBudget, ReportParser
 from reportd.periodic import drain, every
-from reportd.plugin_manager import declared_settings, processor_classes
-from reportd.settings import ConfigError
+from reportd.plugin_manager import declared_settings, known_plugin_names, processor_classes
+from reportd.settings import ConfigError, did_you_mean
 from reportd.storage import Storage, open_storage, unavailable_errors
 from reportd.telemetry import Telemetry
 from reportd.web import (
@@ -58,17 +58,35 @@ class Prepared:
 
 
 def prepare(config: Config, pm: pluggy.PluginManager) -> Prepared:
-    """Validate plugin sections and the processor list; raises :class:`ConfigError`."""
-    settings = validate_plugin_sections(config, declared_settings(pm))
+    """Validate plugin sections, the processor list and the blocked plugins' names.
+
+    Raises one :class:`ConfigError` with every problem found.
+    """
+    problems: list[str] = []
+    try:
+        settings = validate_plugin_sections(config, declared_settings(pm))
+    except ConfigError as error:
+        problems += error.problems
+        settings = {}
     classes = processor_classes(pm)
     for name in config.processors:
         if name == JOBS_CONSUMER:  # its deliveries are the internal job tracker's
-            raise ConfigError(f"{config.source}: [reportd] processors: {name!r} is reserved for job tracking")
-        if name not in classes:
+            problems.append(f"{config.source}: [reportd] processors: {name!r} is reserved for job tracking")
+        elif name not in classes:
             known = ", ".join(sorted(classes)) or "none"
-            raise ConfigError(
-                f"{config.source}: [reportd] processors: no processor named {name!r} (loaded: {known})"
+            problems.append(
+                f"{config.source}: [reportd] processors: no processor named {name!r}"
+                f"{did_you_mean(name, classes)} (loaded: {known})"
             )
+    plugins = known_plugin_names(pm, config.plugin_paths)
+    for name in config.disabled_plugins:
+        if name not in plugins:
+            problems.append(
+                f"{config.source}: [reportd] disabled_plugins: no plugin named {name!r}"
+                f"{did_you_mean(name, plugins)} (see `reportd plugins`)"
+            )
+    if problems:
+        raise ConfigError(*problems)
     return Prepared(settings, classes)
 
 

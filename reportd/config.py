@@ -31,6 +31,8 @@ from reportd.settings import (
     as_positive_int,
     as_size,
     as_str,
+    as_url,
+    did_you_mean,
     one_of,
     parse_section,
 )
@@ -46,13 +48,6 @@ def _permissions(value: str) -> frozenset[str]:
     if unknown:
         raise ValueError(f"unknown permission {unknown[0]!r} (known: {', '.join(sorted(PERMISSIONS))})")
     return names
-
-
-def _base_url(value: str) -> str:
-    value = value.strip().rstrip("/")
-    if value and not value.startswith(("http://", "https://")):
-        raise ValueError(f"expected empty or an http(s):// URL, got {value!r}")
-    return value
 
 
 CORE_SETTINGS: dict[str, Setting] = {
@@ -83,7 +78,7 @@ CORE_SETTINGS: dict[str, Setting] = {
     "shutdown_timeout": Setting("30s", as_duration, "how long a stop waits for work in flight"),
     "dedup_window": Setting("14d", as_duration, "how long duplicates are recognised"),
     "stale_after": Setting("2h", as_duration, "a node is stale after this silence"),
-    "base_url": Setting("", _base_url, "reportd's public URL, for absolute URLs in answers"),
+    "base_url": Setting("", as_url, "reportd's public URL, for absolute URLs in answers"),
     "job_timeout": Setting("1h", as_duration, "timeout of a deploy that names none"),
     "node_names_from_san": Setting("false", as_bool, "a node certificate's DNS SANs are its names too"),
     "tls_crl": Setting("", as_path, "CRL (PEM) of tls_ca, re-read when it changes"),
@@ -212,42 +207,52 @@ def load_config_string(text: str, *, source: str = "<string>") -> Config:
         raise ConfigError(f"{source}: {error.message.splitlines()[0]}") from None
 
     plugin_sections: dict[str, dict[str, str]] = {}
+    problems: list[str] = []
     for name in parser.sections():
         if name.startswith(PLUGIN_PREFIX):
             plugin_sections[name[len(PLUGIN_PREFIX) :]] = dict(parser[name])
         elif name not in (CORE_SECTION, STALE_SECTION):
-            raise ConfigError(f"{source}: [{name}]: unknown section")
+            known = (CORE_SECTION, STALE_SECTION)
+            problems.append(f"{source}: [{name}]: unknown section{did_you_mean(name, known)}")
 
     core_values = dict(parser[CORE_SECTION]) if parser.has_section(CORE_SECTION) else {}
-    core = parse_section(CORE_SETTINGS, core_values, source=source, section=CORE_SECTION)
+    stale_values = dict(parser[STALE_SECTION]) if parser.has_section(STALE_SECTION) else {}
+    try:
+        core = parse_section(CORE_SETTINGS, core_values, source=source, section=CORE_SECTION)
+    except ConfigError as error:
+        problems += error.problems
+        # the other sections are still checked, so that one run names every mistake
+        _stale_rules(7200.0, stale_values, source, problems)
+        raise ConfigError(*problems) from None
     core["data_dir"] = core["data_dir"] or default_data_dir()
     core["trusted_forwarders"] = frozenset(core["trusted_forwarders"])
-    stale_default = core.pop("stale_after")
-    stale_values = dict(parser[STALE_SECTION]) if parser.has_section(STALE_SECTION) else {}
-    stale = _stale_rules(stale_default, stale_values, source)
+    stale = _stale_rules(core.pop("stale_after"), stale_values, source, problems)
     if (core["tls_cert"] is None) != (core["tls_key"] is None):
-        raise ConfigError(f"{source}: [reportd] tls_key: tls_cert and tls_key go together")
+        problems.append(f"{source}: [reportd] tls_key: tls_cert and tls_key go together")
     if core["tls_ca"] is not None and core["tls_cert"] is None:
-        raise ConfigError(f"{source}: [reportd] tls_ca: needs tls_cert and tls_key")
+        problems.append(f"{source}: [reportd] tls_ca: needs tls_cert and tls_key")
     if core["tls_crl"] is not None and core["tls_ca"] is None:
-        raise ConfigError(f"{source}: [reportd] tls_crl: needs tls_ca")
+        problems.append(f"{source}: [reportd] tls_crl: needs tls_ca")
     for key in ("tls_cert", "tls_key", "tls_ca", "tls_crl"):
         if core[key] is not None and not core[key].is_file():
-            raise ConfigError(f"{source}: [reportd] {key}: no such file: {core[key]}")
+            problems.append(f"{source}: [reportd] {key}: no such file: {core[key]}")
     database = core["database"]
     if database and not database.startswith(("sqlite:///", "postgresql://", "postgres://")):
-        raise ConfigError(f"{source}: [reportd] database: expected sqlite:///PATH or postgresql://...")
+        problems.append(f"{source}: [reportd] database: expected sqlite:///PATH or postgresql://...")
+    if problems:
+        raise ConfigError(*problems)
     return Config(**core, stale=stale, source=source, plugin_sections=plugin_sections)
 
 
-def _stale_rules(default: float, values: Mapping[str, str], source: str) -> StaleRules:
+def _stale_rules(default: float, values: Mapping[str, str], source: str, problems: list[str]) -> StaleRules:
     by_environment: dict[str, float] = {}
     by_glob: list[tuple[str, float]] = []
     for key, value in values.items():
         try:
             seconds = as_duration(value)
         except ValueError as error:
-            raise ConfigError(f"{source}: [{STALE_SECTION}] {key}: {error}") from None
+            problems.append(f"{source}: [{STALE_SECTION}] {key}: {error}")
+            continue
         if key.startswith("environment:"):
             by_environment[key.removeprefix("environment:")] = seconds
         else:
@@ -263,15 +268,23 @@ def validate_plugin_sections(
     A section no loaded plugin declares is an error (a typo, or a plugin that is
     not installed); a declared section absent from the file gets its defaults.
     """
-    for name in config.plugin_sections:
-        if name not in declared:
-            raise ConfigError(f"{config.source}: [{PLUGIN_PREFIX}{name}]: no loaded plugin has this section")
-    return {
-        name: parse_section(
-            settings,
-            config.plugin_sections.get(name, {}),
-            source=config.source,
-            section=PLUGIN_PREFIX + name,
-        )
-        for name, settings in declared.items()
-    }
+    problems = [
+        f"{config.source}: [{PLUGIN_PREFIX}{name}]: no loaded plugin has this section"
+        f"{did_you_mean(name, declared)}"
+        for name in config.plugin_sections
+        if name not in declared
+    ]
+    parsed = {}
+    for name, settings in declared.items():
+        try:
+            parsed[name] = parse_section(
+                settings,
+                config.plugin_sections.get(name, {}),
+                source=config.source,
+                section=PLUGIN_PREFIX + name,
+            )
+        except ConfigError as error:
+            problems += error.problems
+    if problems:
+        raise ConfigError(*problems)
+    return parsed

@@ -86,6 +86,8 @@ class Dispatcher:
         self._internal = [_Worker(p) for p in internal]
         self._stopping = False
         self.stats = {p.name: ProcessorStats() for p in [*processors, *internal]}
+        for name in self.stats:  # a series from the start, so that rate() sees the first failure
+            self._telemetry.processor_failures.labels(name)
 
     @property
     def processor_names(self) -> list[str]:
@@ -138,6 +140,9 @@ class Dispatcher:
                 if not worker.started:
                     await processor.start()
                     worker.started = True
+                if worker.unsettled:  # a failure left leases of a batch no one is delivering
+                    await self._storage.give_back_leases(processor.name)
+                    worker.unsettled = False
                 claims = await self._storage.claim(
                     processor.name, processor.batch_size, self._clock(), self._lease(processor)
                 )
@@ -147,6 +152,7 @@ class Dispatcher:
                 # A processor that cannot start, or storage that fails to record an
                 # outcome: back off; leased deliveries come back when the lease ends.
                 errors += 1
+                worker.unsettled = worker.started
                 log.exception("processor_worker_error", processor=processor.name)
                 await worker.idle(min(60.0, self._retry.delay(errors)))
                 continue
@@ -320,6 +326,7 @@ class _Worker:
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.started = False
+        self.unsettled = False
 
     async def idle(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import inspect
 import sys
@@ -58,6 +59,17 @@ def get_plugin_manager(
     except pluggy.PluginValidationError as error:
         raise ConfigError(f"plugin {error.plugin!r}: {error}") from None
     return pm
+
+
+def known_plugin_names(pm: pluggy.PluginManager, plugin_paths: Iterable[str | Path]) -> set[str]:
+    """Every name ``disabled_plugins`` may name: built-ins, installed entry points, plugin_paths files."""
+    names = set(BUILTIN_PLUGINS)
+    names.update(ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    for directory in plugin_paths:
+        if Path(directory).is_dir():
+            names.update(f"reportd_local_{path.stem}" for path in Path(directory).glob("*.py"))
+    names.update(name for name, plugin in pm.list_name_plugin() if plugin is not None)
+    return names
 
 
 def _load_directory(directory: Path) -> list[Any]:

@@ -8,16 +8,28 @@ names the file, the section and the key.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
-from collections.abc import Callable, Mapping
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 
 class ConfigError(Exception):
-    """A configuration problem; the message names the file, section and key."""
+    """One or more configuration problems, each a line naming the file, section and key."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+    @classmethod
+    def collect(cls, *errors: ConfigError | None) -> ConfigError | None:
+        """The problems of several checks as one error, or None when there were none."""
+        problems = [p for error in errors if error is not None for p in error.problems]
+        return cls(*problems) if problems else None
 
 
 @dataclass(frozen=True)
@@ -97,11 +109,31 @@ def as_networks(value: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Netwo
 
 
 def as_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT``."""
+    """``HOST:PORT`` or ``[V6]:PORT``; port 0 picks a free one."""
     host, sep, port = value.strip().rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if not sep or not port.isdigit() or not host or len(port) > 5 or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT with a port from 0 to 65535, got {value!r}")
     return host.strip("[]"), int(port)
+
+
+def as_url(value: str) -> str:
+    """An http(s) URL with a host (a trailing slash dropped); empty stays empty."""
+    value = value.strip().rstrip("/")
+    if not value:
+        return value
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL with a host, got {value!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a port out of range
+    except ValueError:
+        raise ValueError(f"the port of {value!r} is out of range") from None
+    return value
+
+
+def as_urls(value: str) -> tuple[str, ...]:
+    """Comma-separated :func:`as_url` values."""
+    return tuple(as_url(item) for item in as_list(value))
 
 
 def one_of(*choices: str) -> Callable[[str], str]:
@@ -117,15 +149,28 @@ def one_of(*choices: str) -> Callable[[str], str]:
 def parse_section(
     declared: Mapping[str, Setting], values: Mapping[str, str], *, source: str, section: str
 ) -> dict[str, Any]:
-    """Parse one section's values against its declaration, defaults filled in."""
-    unknown = sorted(set(values) - set(declared))
-    if unknown:
-        raise ConfigError(f"{source}: [{section}] {unknown[0]}: unknown key")
+    """Parse one section's values against its declaration, defaults filled in.
+
+    Every unknown key (with the closest known one, when there is one) and every
+    value its parser refuses is reported, all in one :class:`ConfigError`.
+    """
+    problems = [
+        f"{source}: [{section}] {key}: unknown key{did_you_mean(key, declared)}"
+        for key in sorted(set(values) - set(declared))
+    ]
     parsed = {}
     for key, setting in declared.items():
         raw = values.get(key, setting.default)
         try:
             parsed[key] = setting.parse(raw)
         except ValueError as error:
-            raise ConfigError(f"{source}: [{section}] {key}: {error}") from None
+            problems.append(f"{source}: [{section}] {key}: {error}")
+    if problems:
+        raise ConfigError(*problems)
     return parsed
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean X?)`` for the closest of ``known``, or nothing."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""

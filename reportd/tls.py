@@ -33,6 +33,12 @@ if TYPE_CHECKING:
 log = structlog.get_logger("reportd.tls")
 
 
+def _explained(error: Exception) -> str:
+    if "KEY_VALUES_MISMATCH" in str(error):
+        return "tls_key is not the private key of tls_cert"
+    return str(error)
+
+
 class ServerTLS:
     """The listener's contexts; :meth:`current` is the one new connections get."""
 
@@ -44,7 +50,7 @@ class ServerTLS:
         try:
             self._context = self._build()
         except (OSError, ValueError) as error:
-            raise ConfigError(f"{config.source}: [reportd] TLS: {error}") from None
+            raise ConfigError(f"{config.source}: [reportd] TLS: {_explained(error)}") from None
 
     def listener_context(self) -> ssl.SSLContext:
         """What the listening socket gets: without a CRL the one context, else one that

@@ -15,6 +15,8 @@ import pytest
 from reportd.app import create_app
 from reportd.config import load_config_string
 from reportd.plugin_manager import get_plugin_manager
+from tests import pg
+from tests.peers import PUPPET_AGENT, PUPPETDB, find_puppet_agent, find_puppetdb
 
 DATA = Path(__file__).parent / "data"
 PUPPET = DATA / "puppet"
@@ -144,3 +146,58 @@ def daemon_factory(tmp_path):
         if daemon.process is not None and daemon.process.poll() is None:
             daemon.process.kill()
             daemon.process.wait(10)
+
+
+# -- real peers: PostgreSQL, a Puppet agent, a PuppetDB (tests/pg.py, tests/peers.py) --
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """Where the PostgreSQL tests run this session (tests/pg.py says in what order it is looked for)."""
+    with pg.find_server() as found:
+        yield found
+
+
+@pytest.fixture
+def pg_dsn(pg_server, request) -> str:
+    """The test server's DSN; the test skips (or fails, see tests/peers.py) without one."""
+    return pg.POSTGRESQL.use(pg_server, request.node.nodeid)
+
+
+@pytest.fixture
+async def pg_database(pg_dsn):
+    """The URL of a database of this test's own on the test server, dropped afterwards."""
+    async with pg.fresh_database(pg_dsn) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def puppet_agent_found():
+    return find_puppet_agent()
+
+
+@pytest.fixture
+def puppet_agent(puppet_agent_found, request) -> str:
+    """The path of a real ``puppet``, else the test skips (fails with REPORTD_REQUIRE_PEERS)."""
+    return PUPPET_AGENT.use(puppet_agent_found, request.node.nodeid)
+
+
+@pytest.fixture(scope="session")
+def puppetdb_found():
+    return find_puppetdb()
+
+
+@pytest.fixture
+def puppetdb_url(puppetdb_found, request) -> str:
+    """The base URL of a running real PuppetDB, else the test skips (fails with REPORTD_REQUIRE_PEERS)."""
+    return PUPPETDB.use(puppetdb_found, request.node.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line for PostgreSQL and one for the real Puppet peers: what ran on what, what did not."""
+    if (line := pg.POSTGRESQL.summary()) is not None:
+        terminalreporter.write_line(line, yellow=pg.POSTGRESQL.found.where is None)
+    peers = [p for p in (PUPPET_AGENT, PUPPETDB) if p.found is not None]
+    if peers:
+        missing = any(p.found.where is None for p in peers)
+        terminalreporter.write_line("real peers: " + " | ".join(p.summary() for p in peers), yellow=missing)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -49,11 +51,110 @@ def wait_for(check, within: float = 15.0, interval: float = 0.1):
 # -- check-config --------------------------------------------------------------
 
 
-def test_check_config_ok(ini):
+def test_check_config_ok(ini, tmp_path):
     path = ini(processors="store, recorder")
     result = run("-c", str(path), "check-config")
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"{path}: OK (processors: store, recorder)\n"
+    assert result.stdout == (
+        f"{path}: OK (processors: store, recorder)\n"
+        f"database: sqlite:///{tmp_path / 'reportd.sqlite3'}, schema version 0, 5 migrations to apply"
+        " at start (auto_migrate)\n"
+    )
+
+
+def test_check_config_reports_every_problem_with_a_suggestion(tmp_path):
+    path = tmp_path / "r.ini"
+    path.write_text(
+        "[reportd]\nprocesors = store\nlisten = 127.0.0.1:99999\nprocessors = store, puppetdb\n"
+        "disabled_plugins = reportd_plugins.nope\n[plugin:puppetdb]\nurls = puppetdb:8080\n"
+    )
+    result = run("-c", str(path), "check-config")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"Error: {path}: [reportd] procesors: unknown key (did you mean processors?)",
+        f"Error: {path}: [reportd] listen: expected HOST:PORT with a port from 0 to 65535, got '127.0.0.1:99999'",
+        "2 problems",
+    ]
+    path.write_text(
+        f"[reportd]\ndata_dir = {tmp_path}\nprocessors = store, puppetdb\n"
+        "disabled_plugins = reportd_plugins.nope\n[plugin:puppetdb]\nurls = puppetdb:8080\n"
+    )
+    result = run("-c", str(path), "check-config")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"Error: {path}: [plugin:puppetdb] urls: expected an http:// or https:// URL with a host,"
+        " got 'puppetdb:8080'",
+        f"Error: {path}: [reportd] disabled_plugins: no plugin named 'reportd_plugins.nope'"
+        " (did you mean reportd_plugins.store?) (see `reportd plugins`)",
+        "2 problems",
+    ]
+
+
+def test_check_config_finds_what_serve_would_fail_on(tmp_path):
+    import trustme
+
+    ca = trustme.CA()
+    ca.issue_cert("a.example.test").cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    ca.issue_cert("b.example.test").private_key_pem.write_to_path(tmp_path / "key.pem")
+    path = tmp_path / "r.ini"
+    path.write_text(
+        f"[reportd]\ndata_dir = /proc/reportd-here\ntls_cert = {tmp_path / 'cert.pem'}\n"
+        f"tls_key = {tmp_path / 'key.pem'}\n"
+    )
+    result = run("-c", str(path), "check-config")
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"Error: {path}: [reportd] TLS: tls_key is not the private key of tls_cert"
+    assert lines[1].startswith(
+        f"Error: {path}: [reportd] data_dir: /proc/reportd-here cannot be created in /proc: "
+    )
+    assert lines[2] == "2 problems"
+
+
+@pytest.mark.parametrize(
+    ("database", "cause"),
+    [
+        (
+            "postgresql://postgres@127.0.0.1:5432/reportd_no_such_db",
+            'database "reportd_no_such_db" does not exist',
+        ),
+        ("postgresql://postgres@127.0.0.1:1/test", "Connect call failed ('127.0.0.1', 1)"),
+        (
+            "postgresql://reportd_no_such_role@127.0.0.1:5432/test",
+            'role "reportd_no_such_role" does not exist',
+        ),
+        ("postgresql://postgres:secret@127.0.0.1:5432/test?sslmode=require", "rejected SSL upgrade"),
+    ],
+)
+def test_a_wrong_database_is_one_line_everywhere(tmp_path, database, cause):
+    path = tmp_path / "r.ini"
+    path.write_text(f"[reportd]\ndatabase = {database}\ndata_dir = {tmp_path}\n")
+    shown = database.replace(":secret@", ":***@")
+    checked = run("-c", str(path), "check-config")
+    assert checked.exit_code == 1
+    assert checked.stderr.startswith(f"Error: {path}: [reportd] database: cannot open {shown}: ")
+    assert cause in checked.stderr and checked.stderr.count("\n") == 1
+    for command in (["db", "status"], ["serve", "--listen", "127.0.0.1:0"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "reportd", "-c", str(path), *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.startswith(f"Error: cannot connect to PostgreSQL ({shown}): "), result.stderr
+        assert cause in result.stderr and "Traceback" not in result.stderr and "secret" not in result.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    path = tmp_path / "r.ini"
+    path.write_text("[reportd]\ndatabase = postgresql://postgres@127.0.0.1:1/test\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "reportd", "--debug", "-c", str(path), "db", "status"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "StorageUnavailable" in result.stderr
 
 
 def test_check_config_unknown_key(ini):
@@ -164,11 +265,17 @@ def test_token_lifecycle(ini):
 
     listed = run("-c", path, "token", "list")
     assert listed.exit_code == 0, listed.output
-    lines = listed.stdout.splitlines()
+    header, *lines = listed.stdout.splitlines()
+    assert header.split() == ["NAME", "CREATED", "EXPIRES", "PERMISSIONS"]
     assert len(lines) == 2
-    assert lines[0].split()[0] == "grafana" and lines[0].split()[-1] == "view_reports"
+    assert lines[0].split()[0] == "grafana" and lines[0].split()[2:] == ["never", "view_reports"]
     assert lines[1].split()[0] == "uploader"
     assert lines[1].split()[-1] == "upload_config_reports,view_reports"
+    as_json = [orjson.loads(line) for line in run("-c", path, "token", "list", "--json").stdout.splitlines()]
+    assert [(t["name"], t["permissions"], t["expires_at"], t["expired"]) for t in as_json] == [
+        ("grafana", ["view_reports"], None, False),
+        ("uploader", ["upload_config_reports", "view_reports"], None, False),
+    ]
     assert secret not in listed.stdout and "rpd_" not in listed.stdout
 
     again = run("-c", path, "token", "create", "grafana", "-p", "admin")
@@ -179,7 +286,9 @@ def test_token_lifecycle(ini):
     revoked = run("-c", path, "token", "revoke", "grafana")
     assert revoked.exit_code == 0, revoked.output
     assert revoked.stdout == "revoked grafana\n"
-    assert [line.split()[0] for line in run("-c", path, "token", "list").stdout.splitlines()] == ["uploader"]
+    assert [line.split()[0] for line in run("-c", path, "token", "list").stdout.splitlines()[1:]] == [
+        "uploader"
+    ]
 
     twice = run("-c", path, "token", "revoke", "grafana")
     assert twice.exit_code == 1
@@ -192,7 +301,8 @@ def test_token_needs_a_known_permission(ini):
     bad = run("-c", path, "token", "create", "x", "-p", "root")
     assert bad.exit_code == 2
     assert "root" in bad.stderr
-    assert run("-c", path, "token", "list").stdout == ""
+    empty = run("-c", path, "token", "list")
+    assert (empty.stdout, empty.stderr) == ("", "no tokens (reportd token create NAME -p ...)\n")
 
 
 async def test_cli_token_works_against_the_app(ini, make_app, aiohttp_client):
@@ -230,15 +340,15 @@ async def test_an_expired_token_is_refused(ini, make_app, aiohttp_client):
         return response.status
 
     assert await status(brief) == 200  # and now cached for 5 s
-    listed = (await asyncio.to_thread(run, "-c", path, "token", "list")).stdout.splitlines()
-    assert [line.split()[2:4] for line in listed] == [["expires", listed[0].split()[3]], ["no", "expiry"]]
-    assert time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at)) >= listed[0].split()[3]
+    listed = (await asyncio.to_thread(run, "-c", path, "token", "list")).stdout.splitlines()[1:]
+    assert [line.split()[2] for line in listed] == [listed[0].split()[2], "never"]
+    assert time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires_at)) >= listed[0].split()[2]
     await asyncio.sleep(max(0.0, expires_at - time.time()) + 0.1)
     # within the 5 s cache of the lookup: the expiry applies on time regardless
     assert await status(brief) == 403
     assert await status(forever) == 200
-    listed = (await asyncio.to_thread(run, "-c", path, "token", "list")).stdout.splitlines()
-    assert listed[0].split()[0] == "brief" and listed[0].split()[2] == "expired"
+    listed = (await asyncio.to_thread(run, "-c", path, "token", "list")).stdout.splitlines()[1:]
+    assert listed[0].split()[0] == "brief" and listed[0].split()[3] == "(expired)"
     assert listed[0].split()[-1] == "view_reports"
 
 
@@ -272,9 +382,14 @@ def daemon(daemon_factory, tmp_path):
 
 
 def _reports(config: Path, *args: str) -> list[str]:
+    """The listing's rows (its header checked), or its JSON lines."""
     result = run("-c", str(config), "reports", *args)
     assert result.exit_code == 0, result.output
-    return result.stdout.splitlines()
+    lines = result.stdout.splitlines()
+    if "--json" in args or not lines:
+        return lines
+    assert lines[0].split() == ["ID", "RUN", "TIME", "STATUS", "ENVIRONMENT", "CERTNAME"]
+    return lines[1:]
 
 
 def test_send_and_show(daemon, tmp_path):
@@ -320,9 +435,17 @@ def test_send_and_show(daemon, tmp_path):
         assert normalized["envelope"]["content_type"] == content_type
         assert normalized["envelope"]["path_certname"] == path_certname
 
-    assert _reports(config, "--status", "changed") == [lines[3]]
-    assert _reports(config, "--limit", "1") == [lines[0]]
+    # (columns are as wide as the rows shown need)
+    assert [line.split() for line in _reports(config, "--status", "changed")] == [lines[3].split()]
+    assert [line.split() for line in _reports(config, "--limit", "1")] == [lines[0].split()]
     assert _reports(config, "--certname", "nobody.example.test") == []
+    nobody = run("-c", str(config), "reports", "--certname", "nobody.example.test", "--status", "failed")
+    assert (nobody.stdout, nobody.stderr) == (
+        "",
+        "no reports with certname nobody.example.test, status failed\n",
+    )
+    bogus = run("-c", str(config), "reports", "--status", "bogus")
+    assert bogus.exit_code == 2 and "'bogus' is not one of 'failed', 'noop_pending'" in bogus.stderr
     as_json = [orjson.loads(line) for line in _reports(config, "--json", "--status", "noop_pending")]
     assert [(r["certname"], r["status"], r["environment"]) for r in as_json] == [
         (SAMPLE_CERTNAME, "noop_pending", "production")
@@ -357,6 +480,15 @@ def test_send_failures(daemon, tmp_path):
     result = run("send", str(PUPPET / "agent-changes.json"), "--url", "http://127.0.0.1:1")
     assert result.exit_code == 1
     assert "refused" in result.stderr.lower()
+    assert f"{PUPPET / 'agent-changes.json'}: cannot reach http://127.0.0.1:1: " in result.stderr
+
+    hostless = tmp_path / "hostless.json"
+    hostless.write_bytes(orjson.dumps({**orjson.loads(sample("agent-changes.json")), "host": None}))
+    result = run("send", str(hostless), "--url", daemon.url)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"{hostless}: the report names no host (a Puppet report's certname): nothing to send it as\n"
+    )
 
 
 def test_send_json_that_is_not_an_object(daemon, tmp_path):
@@ -381,7 +513,8 @@ def _queue(config: Path) -> str:
 
 
 def _dead_count(output: str, processor: str) -> int:
-    for line in output.splitlines():
+    assert output.splitlines()[0].split() == ["PROCESSOR", "PENDING", "DEAD", "OLDEST", "PENDING"]
+    for line in output.splitlines()[1:]:
         fields = line.split()
         if fields and fields[0] == processor:
             return int(fields[2])
@@ -407,7 +540,7 @@ def test_queue_and_retry(daemon_factory, tmp_path):
 
     output = wait_for(lambda: (out := _queue(config)) and _dead_count(out, "broken") == 1 and out)
     header, *rows = output.splitlines()
-    assert header.split() == ["processor", "pending", "dead", "oldest", "pending"]
+    assert header.split() == ["PROCESSOR", "PENDING", "DEAD", "OLDEST", "PENDING"]
     assert rows[0].split() == ["broken", "0", "1", "-"]
     assert (
         f"  broken report {report_id} ({SAMPLE_CERTNAME}), 2 attempts: RuntimeError: broken processor"
@@ -433,11 +566,15 @@ def test_queue_and_retry(daemon_factory, tmp_path):
     # the store delivered it once and only once
     assert len(_reports(config)) == 1
 
-    # nothing dead for this processor, or no such report: nothing to retry
+    # nothing dead for this processor, or no such report: nothing to retry, and it says so
+    nothing = run("-c", str(config), "queue", "retry", "--processor", "store")
+    assert (nothing.stdout, nothing.stderr) == ("0 deliveries queued again\n", "no dead letters of store\n")
+    unknown = run("-c", str(config), "queue", "retry", "--processor", "nope")
     assert (
-        run("-c", str(config), "queue", "retry", "--processor", "store").stdout
-        == "0 deliveries queued again\n"
+        unknown.exit_code == 2 and "no processor named 'nope' (known: store, broken, jobs)" in unknown.stderr
     )
+    as_json = [orjson.loads(line) for line in run("-c", str(config), "queue", "--json").stdout.splitlines()]
+    assert {q["processor"]: (q["pending"], q["dead"]) for q in as_json} == {"broken": (0, 1), "store": (0, 0)}
     assert run("-c", str(config), "queue", "retry", str(report_id + 100)).stdout == (
         "0 deliveries queued again\n"
     )
@@ -454,18 +591,21 @@ def test_data_dir_option_overrides_the_ini(ini, tmp_path):
     assert created.exit_code == 0, created.output
     assert (other / "reportd.sqlite3").is_file()
     assert not (tmp_path / "reportd.sqlite3").exists()
-    assert run("-c", path, "--data-dir", str(other), "token", "list").stdout.split()[0] == "moved"
+    assert (
+        run("-c", path, "--data-dir", str(other), "token", "list").stdout.splitlines()[1].split()[0]
+        == "moved"
+    )
     assert run("-c", path, "token", "list").stdout == ""
     # and from the environment
     listed = run("-c", path, "token", "list", env={"REPORTD_DATA_DIR": str(other)})
-    assert listed.stdout.split()[0] == "moved"
+    assert listed.stdout.splitlines()[1].split()[0] == "moved"
 
 
 def test_reportd_config_environment_fallback(ini, tmp_path):
     good = ini(processors="store, recorder")
     result = run("check-config", env={"REPORTD_CONFIG": str(good)})
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"{good}: OK (processors: store, recorder)\n"
+    assert result.stdout.splitlines()[0] == f"{good}: OK (processors: store, recorder)"
 
     bad = ini("colour = blue\n", name="bad.ini")
     result = run("check-config", env={"REPORTD_CONFIG": str(bad)})
@@ -480,7 +620,7 @@ def test_reportd_config_environment_fallback(ini, tmp_path):
     created = run("token", "create", "via-env", "-p", "view_reports", env={"REPORTD_CONFIG": str(good)})
     assert created.exit_code == 0, created.output
     assert (tmp_path / "reportd.sqlite3").is_file()
-    assert run("-c", str(good), "token", "list").stdout.split()[0] == "via-env"
+    assert run("-c", str(good), "token", "list").stdout.splitlines()[1].split()[0] == "via-env"
 
 
 def test_version():
@@ -493,3 +633,30 @@ def test_expire_on_an_empty_database(ini):
     result = run("-c", str(ini()), "expire")
     assert result.exit_code == 0, result.output
     assert result.stdout == "deleted 0 reports and 0 spool entries\n"
+
+
+def test_expire_dry_run_says_what_would_go_and_deletes_nothing(ini, tmp_path):
+    from reportd.storage import StoredReport, open_storage
+
+    path = ini(plugins="[plugin:store]\nretention_days = 1\n")
+    old, recent = time.time() - 3 * 86400, time.time() - 3600
+
+    async def seed() -> None:
+        storage = open_storage(f"sqlite:///{tmp_path / 'reportd.sqlite3'}")
+        await storage.open()
+        rows = [
+            StoredReport(i, f"n{i}.example.test", "production", "unchanged", None, False, "puppet", "Puppet",
+                         None, None, None, when, when, when, when, {})
+            for i, when in ((1, old), (2, old), (3, recent))
+        ]  # fmt: skip
+        await storage.store_reports(rows)
+        await storage.close()
+
+    asyncio.run(seed())
+    dry = run("-c", str(path), "expire", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert dry.stdout == "would delete 2 reports and 0 spool entries\n"
+    assert len(_reports(path)) == 3
+    done = run("-c", str(path), "expire")
+    assert done.stdout == "deleted 2 reports and 0 spool entries\n"
+    assert [line.split()[-1] for line in _reports(path)] == ["n3.example.test"]

@@ -118,7 +118,9 @@ def test_bad_values_name_file_section_and_key(key, value):
 
 
 def test_unknown_key_is_an_error():
-    with pytest.raises(ConfigError, match=r"^x\.ini: \[reportd\] listn: unknown key$"):
+    with pytest.raises(
+        ConfigError, match=r"^x\.ini: \[reportd\] listn: unknown key \(did you mean listen\?\)$"
+    ):
         load_config_string("[reportd]\nlistn = 127.0.0.1:1\n", source="x.ini")
 
 
@@ -128,7 +130,9 @@ def test_keys_are_case_sensitive():
 
 
 def test_unknown_section_is_an_error():
-    with pytest.raises(ConfigError, match=r"^x\.ini: \[reportdd\]: unknown section$"):
+    with pytest.raises(
+        ConfigError, match=r"^x\.ini: \[reportdd\]: unknown section \(did you mean reportd\?\)$"
+    ):
         load_config_string("[reportdd]\nlisten = 127.0.0.1:1\n", source="x.ini")
 
 
@@ -248,7 +252,9 @@ def test_plugin_sections_parsed_with_defaults():
 
 def test_plugin_section_unknown_key():
     config = load_config_string("[plugin:mine]\nbatch = 5\nurll = http://x\n", source="p.ini")
-    with pytest.raises(ConfigError, match=r"^p\.ini: \[plugin:mine\] urll: unknown key$"):
+    with pytest.raises(
+        ConfigError, match=r"^p\.ini: \[plugin:mine\] urll: unknown key \(did you mean url\?\)$"
+    ):
         validate_plugin_sections(config, DECLARED)
 
 
@@ -294,3 +300,27 @@ def test_database_urls_are_shown_without_passwords(url, shown):
     from reportd.config import redacted_url
 
     assert redacted_url(url) == shown
+
+
+def test_every_problem_is_reported_at_once():
+    text = (
+        "[reportd]\nprocesors = store\nlisten = 127.0.0.1:99999\nbase_url = reportd.example.com\n"
+        "max_body_size = lots\n[stale_after]\n*.example.com = soon\n[reportdd]\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config_string(text, source="r.ini")
+    assert caught.value.problems == [
+        "r.ini: [reportdd]: unknown section (did you mean reportd?)",
+        "r.ini: [reportd] procesors: unknown key (did you mean processors?)",
+        "r.ini: [reportd] listen: expected HOST:PORT with a port from 0 to 65535, got '127.0.0.1:99999'",
+        "r.ini: [reportd] max_body_size: expected a size like 64MiB or 512KiB, got 'lots'",
+        "r.ini: [reportd] base_url: expected an http:// or https:// URL with a host, got 'reportd.example.com'",
+        "r.ini: [stale_after] *.example.com: expected a duration like 30s, 5m, 2h or 14d, got 'soon'",
+    ]
+    assert str(caught.value) == "\n".join(caught.value.problems)
+
+
+@pytest.mark.parametrize("value", ["http://", "ftp://x", "https://x:99999", "x:8080"])
+def test_urls_need_a_scheme_and_a_host(value):
+    with pytest.raises(ConfigError, match=r"\[reportd\] base_url: "):
+        load_config_string(f"[reportd]\nbase_url = {value}\n")

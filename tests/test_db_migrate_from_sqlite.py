@@ -8,7 +8,6 @@ import uuid
 
 import asyncpg
 import orjson
-import pytest
 from click.testing import CliRunner, Result
 
 from reportd.cli import cli
@@ -18,18 +17,11 @@ from reportd.storage.sqlite import SQLiteStorage
 from reportd.storage.sqlite_to_postgres import copy_sqlite_to_postgres
 from reportd.web import STORAGE
 from tests.conftest import sample, wait_until
-from tests.pg import fresh_database
 from tests.test_job_storage import deployed, new_job, outcome
 from tests.test_storage import T0
 
 BASE = orjson.loads(sample("agent-changes.json"))
 HOSTS = ("web1.example.test", "web2.example.test", "db1.example.test")
-
-
-@pytest.fixture
-async def pg_database():
-    async with fresh_database() as url:
-        yield url
 
 
 def run(*args: str) -> Result:

@@ -1,6 +1,6 @@
 """Schema migrations as an operator runs them: ``reportd db status|upgrade`` and ``auto_migrate``.
 
-Every test runs on SQLite and on PostgreSQL (a fresh database on ``REPORTD_TEST_PG_DSN``).
+Every test runs on SQLite and on PostgreSQL (a fresh database on the test server, tests/pg.py).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ async def database_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'db' / 'reportd.sqlite3'}"
         return
-    async with fresh_database() as url:
+    async with fresh_database(request.getfixturevalue("pg_dsn")) as url:
         yield url
 
 
@@ -185,8 +185,8 @@ async def test_a_newer_schema_is_always_refused(database_url, tmp_path):
     assert await asyncio.to_thread(versions, database_url) == [*range(1, LATEST + 1), LATEST + 1]
 
 
-async def test_the_database_password_never_reaches_the_log_or_output(daemon_factory, tmp_path):
-    async with fresh_database() as url:
+async def test_the_database_password_never_reaches_the_log_or_output(daemon_factory, tmp_path, pg_dsn):
+    async with fresh_database(pg_dsn) as url:
         # trust authentication here: the server never asks for the password, so any one connects
         scheme, rest = url.split("://", 1)
         user, host_and_db = rest.split("@", 1)

@@ -120,7 +120,10 @@ def test_dry_run_prints_the_digest_and_list_shows_errors(tmp_path):
 
     empty = reportd("schedules", "list")
     assert empty.returncode == 0, empty.stderr
-    assert empty.stdout == "no schedules (create one with POST /api/v1/reports/schedules)\n"
+    assert (empty.stdout, empty.stderr) == (
+        "",
+        "no schedules (create one with POST /api/v1/reports/schedules)\n",
+    )
     asyncio.run(seed())
 
     dry = reportd("schedules", "run", "d1", "--dry-run")
@@ -136,7 +139,26 @@ def test_dry_run_prints_the_digest_and_list_shows_errors(tmp_path):
     assert "Content-Type: multipart/alternative" in whole.stdout and "<h1>daily report" in whole.stdout
     listing = reportd("schedules", "list")
     assert listing.returncode == 0
-    assert listing.stdout.splitlines()[1] == "    last error: SMTPConnectError: refused"
+    header, row = listing.stdout.splitlines()
+    assert header.split() == [
+        "ID",
+        "SCHEDULE",
+        "TYPE",
+        "TIMEZONE",
+        "LAST",
+        "RUN",
+        "NAME",
+        "SEND",
+        "TO",
+        "LAST",
+        "ERROR",
+    ]
+    assert row.startswith("d1  daily") and row.endswith("  SMTPConnectError: refused")
+    runs = reportd("schedules", "runs", "d1")
+    assert runs.stdout.splitlines()[0].split() == ["PERIOD", "START", "PERIOD", "END", "STATE", "ATTEMPTS",
+                                                   "LAST", "ERROR"]  # fmt: skip
+    assert runs.stdout.splitlines()[1].endswith("SMTPConnectError: refused")
+    assert reportd("schedules", "runs", "nope").stderr == "Error: no schedule nope\n"
     unknown = reportd("schedules", "run", "nope", "--dry-run")
     assert unknown.returncode == 1 and "no schedule nope" in unknown.stderr
     send = reportd("schedules", "run", "d1")

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections import Counter
 
 import aiohttp
-import asyncpg
 import orjson
 import pytest
 
@@ -18,19 +16,9 @@ BASE = orjson.loads(sample("agent-changes.json"))
 
 
 @pytest.fixture
-async def database():
-    """A database of its own for this test, on REPORTD_TEST_PG_DSN's server."""
-    dsn = os.environ.get("REPORTD_TEST_PG_DSN")
-    if not dsn:
-        pytest.fail("set REPORTD_TEST_PG_DSN (e.g. postgresql://postgres@127.0.0.1:5432/test); .ci/run does")
-    name = f"reportd_t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield dsn.rsplit("/", 1)[0] + "/" + name
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
+def database(pg_database):
+    """A database of its own for this test, on the test server (tests/pg.py)."""
+    return pg_database
 
 
 def ini(database: str, data_dir, extra: str = "") -> str:

@@ -10,7 +10,7 @@ import pytest
 from reportd.storage.jobs import NewJob, NodeOutcome
 from reportd.storage.postgres import PostgresStorage
 from reportd.storage.sqlite import SQLiteStorage
-from tests.test_storage import T0, drop_schema, pg_dsn
+from tests.test_storage import T0, drop_schema
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -22,7 +22,7 @@ async def storage(request, tmp_path):
         yield backend
         await backend.close()
         return
-    dsn, schema = pg_dsn(), f"t_{uuid.uuid4().hex}"
+    dsn, schema = request.getfixturevalue("pg_dsn"), f"t_{uuid.uuid4().hex}"
     backend = PostgresStorage(dsn, schema=schema)
     try:
         await backend.open()
@@ -273,9 +273,9 @@ async def test_concurrent_outcomes_end_the_job_once(storage):
 
 
 @pytest.fixture
-async def two_instances():
+async def two_instances(pg_dsn):
     """Two PostgreSQL storages on one schema, as two reportd instances sharing a database."""
-    dsn = pg_dsn()
+    dsn = pg_dsn
     schema = f"t_{uuid.uuid4().hex}"
     first, second = PostgresStorage(dsn, schema=schema), PostgresStorage(dsn, schema=schema)
     try:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
-import uuid
 
-import asyncpg
 import pytest
 import structlog
 
@@ -15,7 +13,7 @@ from reportd.auth import hash_token
 from reportd.web import STORAGE
 from tests.conftest import PUPPET, wait_until
 from tests.jobs_agent import make_report
-from tests.test_storage import pg_dsn
+from tests.pg import fresh_database
 
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 DEPLOYER = "rpd_deployer-token"
@@ -47,15 +45,8 @@ async def backend(request):
     if request.param == "sqlite":
         yield ""
         return
-    dsn = pg_dsn()
-    name = f"reportd_jobs_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield f"database = {dsn.rsplit('/', 1)[0]}/{name}\n"
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with fresh_database(request.getfixturevalue("pg_dsn")) as url:
+        yield f"database = {url}\n"
 
 
 class Orchestrator:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import re
 import time
 import uuid
+from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from reportd import __version__
 from reportd.web import CONTEXT
 from tests.conftest import SAMPLE_CERTNAME, ini_for, sample, wait_until
 
@@ -286,3 +290,63 @@ async def test_a_renderer_process_that_dies_is_replaced(client):
     samples = await scrape(client)
     assert value(samples, "puppet_report_resources", **node("later.example.test"), name="Total") == 13
     assert context.state["metrics"].worker is not worker
+
+
+# -- Prometheus conventions and the Grafana dashboard ------------------------------
+DASHBOARD = Path(__file__).parent.parent / "docs" / "grafana-dashboard.json"
+_PROMQL_WORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+}
+
+
+def dashboard_series(dashboard: dict) -> set[str]:
+    """The metric names the dashboard's queries select (functions, labels and keywords left out)."""
+    names: set[str] = set()
+    panels = [p for row in dashboard["panels"] for p in [row, *row.get("panels", [])]]
+    for target in (t for p in panels for t in p.get("targets", ())):
+        expr = re.sub(r"\{[^}]*\}", " ", target["expr"])  # label matchers
+        expr = re.sub(r"\b(by|without)\s*\([^)]*\)", " ", expr)  # grouping labels
+        expr = re.sub(r"\[[^\]]*\]", " ", expr)  # ranges
+        for match in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", expr):
+            following = expr[match.end() :].lstrip()[:1]
+            if following != "(" and match.group() not in _PROMQL_WORDS:
+                names.add(match.group())
+    return names
+
+
+async def test_the_grafana_dashboard_queries_only_series_reportd_exports(client):
+    dashboard = orjson.loads(DASHBOARD.read_bytes())
+    assert dashboard["title"] == "reportd" and dashboard["panels"]
+    await put(client, "agent-changes.json")
+    await put(client, "agent-catalog-failure.json", host="broken.example.test")
+    await wait_until(lambda: drained(client))
+    exported = {name for name, _labels in await scrape(client)}
+    wanted = dashboard_series(dashboard)
+    assert len(wanted) >= 15
+    assert wanted - exported == set()
+
+
+async def test_scrapes_are_gzipped_when_asked_and_follow_the_conventions(client):
+    await put(client, "agent-changes.json")
+    await wait_until(lambda: drained(client))
+    response = await client.get("/metrics", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+    assert response.status == 200 and response.headers["Content-Encoding"] == "gzip"
+    text = gzip.decompress(await response.read()).decode()
+    assert (
+        'puppet_report_resources{environment="production",host="lab-agent.example.test",name="Total"}' in text
+    )
+    plain = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
+    assert "Content-Encoding" not in plain.headers
+    samples = await scrape(client)
+    assert value(samples, "reportd_build_info", version=__version__) == 1
+    assert value(samples, "process_resident_memory_bytes") > 0
+    assert not [name for name, _ in samples if name.endswith("_created")]

@@ -26,7 +26,7 @@ async def database(request):
     if request.param == "sqlite":
         yield ""
         return
-    async with fresh_database() as url:
+    async with fresh_database(request.getfixturevalue("pg_dsn")) as url:
         yield f"database = {url}\n"
 
 
@@ -106,7 +106,7 @@ async def test_expire_command_applies_retention(aiohttp_client, make_app, tmp_pa
         capture_output=True,
         text=True,
     )
-    assert len(listing.stdout.splitlines()) == 1
+    assert len(listing.stdout.splitlines()) == 2  # the header and the one report left
 
 
 async def seed_old_reports(url: str, count: int, run_time: float) -> None:
@@ -130,8 +130,8 @@ async def seed_old_reports(url: str, count: int, run_time: float) -> None:
         await conn.close()
 
 
-async def test_ingest_goes_on_while_postgres_expires_a_large_batch(aiohttp_client, make_app):
-    async with fresh_database() as url:
+async def test_ingest_goes_on_while_postgres_expires_a_large_batch(aiohttp_client, make_app, pg_dsn):
+    async with fresh_database(pg_dsn) as url:
         client = await aiohttp_client(make_app(f"database = {url}\n"))
         storage = client.app[STORAGE]
         old = time.time() - 30 * 86400
@@ -160,8 +160,8 @@ async def test_ingest_goes_on_while_postgres_expires_a_large_batch(aiohttp_clien
         await wait_until(stored)  # the store went on too, and nothing new was expired
 
 
-async def test_postgres_instances_expiring_together_share_the_work(tmp_path):
-    async with fresh_database() as url:
+async def test_postgres_instances_expiring_together_share_the_work(tmp_path, pg_dsn):
+    async with fresh_database(pg_dsn) as url:
         instances = [PostgresStorage(url), PostgresStorage(url)]
         for instance in instances:
             await instance.open()

@@ -10,7 +10,7 @@ import pytest
 from reportd.storage.postgres import PostgresStorage
 from reportd.storage.schedules import RUN_EMPTY, RUN_FAILED, RUN_PENDING, RUN_SENT, Schedule, ScheduleQuery
 from reportd.storage.sqlite import SQLiteStorage
-from tests.test_storage import drop_schema, pg_dsn
+from tests.test_storage import drop_schema
 
 T0 = 1_795_000_000.0
 US = 1_000_000
@@ -21,7 +21,7 @@ async def open_instances(request, tmp_path):
     """A factory of open storages that all share one database, like several daemons."""
     opened = []
     schema = f"t_{uuid.uuid4().hex}"
-    dsn = pg_dsn() if request.param == "postgres" else None
+    dsn = request.getfixturevalue("pg_dsn") if request.param == "postgres" else None
 
     async def factory():
         if request.param == "sqlite":
@@ -192,7 +192,7 @@ async def test_two_instances_racing_for_one_period_one_wins(open_instances):
         assert sum(c is not None for c in claims) == 1, claims
 
 
-async def test_schedules_and_their_runs_survive_the_copy_from_sqlite_to_postgres(tmp_path):
+async def test_schedules_and_their_runs_survive_the_copy_from_sqlite_to_postgres(tmp_path, pg_dsn):
     from reportd.storage.sqlite_to_postgres import copy_sqlite_to_postgres
 
     source = SQLiteStorage(tmp_path / "source.db")
@@ -203,7 +203,7 @@ async def test_schedules_and_their_runs_survive_the_copy_from_sqlite_to_postgres
     await source.claim_schedule_run(schedule().id, 200, 300, "a", T0 + 2, 60)
     expected = await source.get_schedule(schedule().id), await source.schedule_runs(schedule().id, 10)
     await source.close()
-    dsn, schema = pg_dsn(), f"t_{uuid.uuid4().hex}"
+    dsn, schema = pg_dsn, f"t_{uuid.uuid4().hex}"
     try:
         await copy_sqlite_to_postgres(tmp_path / "source.db", PostgresStorage(dsn, schema=schema))
         target = PostgresStorage(dsn, schema=schema)

@@ -1,7 +1,7 @@
 """The storage contract (reportd.storage.Storage), run against every backend.
 
-The PostgreSQL backend runs in a fresh schema per test, on the server named by
-``REPORTD_TEST_PG_DSN`` (CI sets it; without it those tests fail and say so).
+The PostgreSQL backend runs in a fresh schema per test, on the test server
+(``pg_dsn``: tests/pg.py says which server that is).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from reportd.storage import (
 )
 from reportd.storage.postgres import PostgresStorage, quote_ident
 from reportd.storage.sqlite import SQLiteStorage
-from tests.pg import pg_dsn
 
 T0 = 1_700_000_000.0
 
@@ -50,7 +49,7 @@ async def storage(request, tmp_path):
         finally:
             await backend.close()
         return
-    dsn = pg_dsn()
+    dsn = request.getfixturevalue("pg_dsn")
     schema = f"t_{uuid.uuid4().hex}"
     backend = PostgresStorage(dsn, schema=schema)
     try:
@@ -525,8 +524,8 @@ async def test_reopen_keeps_data_and_schema_version(storage):
     assert (await storage.queue_stats())["p"].pending == 1
 
 
-async def test_postgres_schema_version_and_body_compression():
-    dsn = pg_dsn()
+async def test_postgres_schema_version_and_body_compression(pg_dsn):
+    dsn = pg_dsn
     schema = f"t_{uuid.uuid4().hex}"
     backend = PostgresStorage(dsn, schema=schema)
     try:
@@ -558,8 +557,8 @@ def test_open_storage_routes_urls(tmp_path):
 
 
 @pytest.fixture
-async def pg_storage():
-    dsn = pg_dsn()
+async def pg_storage(pg_dsn):
+    dsn = pg_dsn
     schema = f"t_{uuid.uuid4().hex}"
     backend = PostgresStorage(dsn, schema=schema)
     try:

@@ -334,7 +334,8 @@ async def test_other_node_may_not_submit_for_lab_agent(daemon, pki):
     assert [item["certname"] for item in items] == [OTHER]
     assert await stored(daemon, pki, viewer, SAMPLE_CERTNAME) == []
 
-    listing = (await cli(daemon, "reports")).splitlines()
+    header, *listing = (await cli(daemon, "reports")).splitlines()
+    assert header.startswith("ID  RUN TIME")
     assert len(listing) == 1
     assert listing[0].endswith(f" {OTHER}")
     assert await cli(daemon, "reports", "--certname", SAMPLE_CERTNAME) == ""

@@ -253,6 +253,15 @@ class Storage(JobStorage, ScheduleStorage, abc.ABC):
         """Up to ``limit`` due deliveries, leased to the caller for ``lease`` seconds."""
 
     @abc.abstractmethod
+    async def give_back_leases(self, processor: str) -> None:
+        """Release this instance's leases of ``processor``'s deliveries.
+
+        For a worker that failed mid-delivery (the database went away): nothing of
+        it is in flight, and its claimed deliveries would otherwise wait for their
+        leases to run out. Claims whose answer was lost are released too.
+        """
+
+    @abc.abstractmethod
     async def load_spooled(self, report_ids: Sequence[int]) -> list[SpooledReport]: ...
 
     @abc.abstractmethod
@@ -321,7 +330,12 @@ class Storage(JobStorage, ScheduleStorage, abc.ABC):
         """Delete one batch of reports (and silent nodes) older than ``before``."""
 
     @abc.abstractmethod
-    async def count_reports(self) -> int: ...
+    async def count_reports(self, before: float | None = None) -> int:
+        """Stored reports (those whose run time is before ``before``, when given)."""
+
+    @abc.abstractmethod
+    async def count_expired_spool(self, before: float) -> int:
+        """Delivered spool entries received before ``before`` (what :meth:`expire_spool` deletes)."""
 
     # -- tokens ----------------------------------------------------------------
     @abc.abstractmethod

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -34,6 +34,7 @@ import orjson
 import structlog
 
 from reportd.auth import TokenRecord
+from reportd.config import redacted_url
 from reportd.storage import (
     Accepted,
     Claim,
@@ -47,6 +48,7 @@ from reportd.storage import (
     SchemaStatus,
     SpooledReport,
     Storage,
+    StorageUnavailable,
     StoredReport,
     check_schema,
     postgres_jobs,
@@ -205,6 +207,7 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
         # lease's end: what it gives back at close (a batch cut short by the stop).
         self._leases: dict[tuple[str, int], float] = {}
         self._health: tuple[float, str | None] | None = None
+        self._unanswered_claims: set[tuple[str, float]] = set()
 
     async def _ensure_schema(self) -> dict[str, str]:
         """The server settings of every connection (the search path of ``schema``)."""
@@ -221,7 +224,18 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
 
     async def connect(self) -> asyncpg.Connection:
         """One connection outside the pool (migrations, bulk copies), on this storage's schema."""
-        return await asyncpg.connect(self.dsn, server_settings=await self._ensure_schema())
+        async with self._reachable():
+            return await asyncpg.connect(self.dsn, server_settings=await self._ensure_schema())
+
+    @contextlib.asynccontextmanager
+    async def _reachable(self) -> AsyncIterator[None]:
+        """Connecting: what goes wrong is said with the server it went wrong with."""
+        try:
+            yield
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            raise StorageUnavailable(
+                f"cannot connect to PostgreSQL ({redacted_url(self.dsn)}): {_clause(error)}"
+            ) from error
 
     async def schema_status(self) -> SchemaStatus:
         conn = await self.connect()
@@ -238,10 +252,11 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
             await conn.close()
 
     async def open(self) -> None:
-        server_settings = await self._ensure_schema()
-        self._pool = await asyncpg.create_pool(
-            self.dsn, min_size=1, max_size=10, server_settings=server_settings, reset=_keep_session
-        )
+        async with self._reachable():
+            server_settings = await self._ensure_schema()
+            self._pool = await asyncpg.create_pool(
+                self.dsn, min_size=1, max_size=10, server_settings=server_settings, reset=_keep_session
+            )
         try:
             async with self._pool.acquire() as conn:
                 await _migrate(conn, apply=self._auto_migrate)
@@ -420,6 +435,9 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
         return results
 
     async def claim(self, processor: str, limit: int, now: float, lease: float) -> list[Claim]:
+        # Should the answer be lost (the connection drops after the commit), the lease's
+        # exact end identifies the rows this claim took: give_back_leases releases them.
+        self._unanswered_claims.add((processor, now + lease))
         rows = await self.pool.fetch(
             "UPDATE deliveries d SET lease_until = $1 FROM ("
             " SELECT report_id FROM deliveries WHERE processor = $2 AND state = 'pending'"
@@ -431,9 +449,26 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
             now,
             limit,
         )
+        self._unanswered_claims.discard((processor, now + lease))
         for report_id, _ in rows:
             self._leases[(processor, report_id)] = now + lease
         return [Claim(report_id, attempts) for report_id, attempts in sorted(rows)]
+
+    async def give_back_leases(self, processor: str) -> None:
+        leases = [(p, r, until) for (p, r), until in self._leases.items() if p == processor]
+        leases += [(p, None, until) for p, until in self._unanswered_claims if p == processor]
+        if not leases:
+            return
+        await self.pool.executemany(
+            "UPDATE deliveries SET lease_until = NULL WHERE processor = $1"
+            " AND ($2::bigint IS NULL OR report_id = $2) AND lease_until = $3",
+            leases,
+        )
+        for p, report_id, until in leases:
+            if report_id is None:
+                self._unanswered_claims.discard((p, until))
+            else:
+                self._leases.pop((p, report_id), None)
 
     async def load_spooled(self, report_ids: Sequence[int]) -> list[SpooledReport]:
         if not report_ids:
@@ -703,8 +738,15 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
                 )
             return len(ids)
 
-    async def count_reports(self) -> int:
-        return await self.pool.fetchval("SELECT count(*) FROM reports")
+    async def count_reports(self, before: float | None = None) -> int:
+        return await self.pool.fetchval(
+            "SELECT count(*) FROM reports WHERE ($1::float8 IS NULL OR run_time < $1)", before
+        )
+
+    async def count_expired_spool(self, before: float) -> int:
+        return await self.pool.fetchval(
+            "SELECT count(*) FROM inbox WHERE received_at < $1 AND body IS NULL", before
+        )
 
     # -- tokens ----------------------------------------------------------------
     async def create_token(
@@ -757,6 +799,13 @@ def _compress_bodies(batch: list[_Pending]) -> None:
     for item in batch:
         if item.processors:
             item.body = zlib.compress(item.entry.body, COMPRESSION_LEVEL)
+
+
+def _clause(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _settle(

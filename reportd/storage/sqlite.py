@@ -16,6 +16,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +59,9 @@ from reportd.storage.rows import (
 
 T = TypeVar("T")
 MAX_GROUP = 512
+#: Seconds a write error keeps /healthz unhealthy: a full disk lets some small writes
+#: through, and their commits say nothing of the reports it refuses.
+ERROR_MEMORY = 10.0
 COMPRESSION_LEVEL = 1  # fast: the writer thread compresses every body it stores
 
 MIGRATIONS: list[str] = [
@@ -239,8 +243,8 @@ class SQLiteStorage(sqlite_jobs.SQLiteJobs, sqlite_schedules.SQLiteSchedules, St
             return "the storage is closed"
         if writer.failure is not None or not writer.is_alive():
             return f"the SQLite writer stopped: {writer.failure or 'unknown reason'}"
-        if writer.last_error is not None:
-            return f"SQLite refuses writes: {writer.last_error}"
+        if writer.last_error is not None and time.monotonic() - writer.last_error[1] < ERROR_MEMORY:
+            return f"SQLite refuses writes: {writer.last_error[0]}"
         return None
 
     async def _read(self, job: Callable[[sqlite3.Connection], T]) -> T:
@@ -298,6 +302,15 @@ class SQLiteStorage(sqlite_jobs.SQLiteJobs, sqlite_schedules.SQLiteSchedules, St
             return [Claim(report_id, attempts) for report_id, attempts in sorted(rows)]
 
         return await self._write(job)
+
+    async def give_back_leases(self, processor: str) -> None:
+        # The only daemon on this file (it holds the lock): its leases are all of them.
+        await self._write(
+            lambda c: c.execute(
+                "UPDATE deliveries SET lease_until = NULL WHERE processor = ? AND lease_until IS NOT NULL",
+                (processor,),
+            )
+        )
 
     async def load_spooled(self, report_ids: Sequence[int]) -> list[SpooledReport]:
         def job(conn: sqlite3.Connection) -> list[SpooledReport]:
@@ -552,8 +565,13 @@ class SQLiteStorage(sqlite_jobs.SQLiteJobs, sqlite_schedules.SQLiteSchedules, St
 
         return await self._write(job)
 
-    async def count_reports(self) -> int:
-        return await self._read(lambda c: c.execute("SELECT count(*) FROM reports").fetchone()[0])
+    async def count_reports(self, before: float | None = None) -> int:
+        sql, params = "SELECT count(*) FROM reports WHERE (? IS NULL OR run_time < ?)", (before, before)
+        return await self._read(lambda c: c.execute(sql, params).fetchone()[0])
+
+    async def count_expired_spool(self, before: float) -> int:
+        sql = "SELECT count(*) FROM inbox WHERE received_at < ? AND body IS NULL"
+        return await self._read(lambda c: c.execute(sql, (before,)).fetchone()[0])
 
     # -- tokens ----------------------------------------------------------------
     async def create_token(
@@ -655,8 +673,8 @@ class _Writer(threading.Thread):
         self._synchronous = synchronous
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.failure: BaseException | None = None
-        #: The last error SQLite gave a write (a full disk, say), until a group commits cleanly.
-        self.last_error: str | None = None
+        #: The last error SQLite gave a write (a full disk, say) and when (time.monotonic()).
+        self.last_error: tuple[str, float] | None = None
 
     def submit(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
@@ -741,7 +759,8 @@ class _Writer(threading.Thread):
                 conn.execute("ROLLBACK")
             refused = str(error)
             outcomes = [(future, loop, None, error) for _, future, loop in group]
-        self.last_error = refused
+        if refused is not None:
+            self.last_error = (refused, time.monotonic())
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for future, loop, result, error in outcomes:
             by_loop.setdefault(loop, []).append((future, result, error))

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import free_port
 
 SCRIPT = Path(__file__).with_name("check-real-agent.sh")
 
 
-@pytest.mark.skipif(
-    shutil.which("puppet") is None, reason="needs Debian's puppet-agent: apt-get install puppet-agent"
-)
-def test_real_puppet_agent_over_mutual_tls(tmp_path):
+def test_real_puppet_agent_over_mutual_tls(tmp_path, puppet_agent):
     reportd = Path(sys.executable).with_name("reportd")
     result = subprocess.run(
         ["bash", str(SCRIPT)],
         env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "REPORTD": str(reportd), "HOME": str(tmp_path),
-             "REPORTD_PORT": str(free_port())},
+             "REPORTD_PORT": str(free_port()), "PUPPET": puppet_agent},
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]

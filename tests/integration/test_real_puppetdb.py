@@ -1,35 +1,30 @@
-"""Forwarding to a real PuppetDB (Debian's puppetdb 7.12), when REPORTD_TEST_PUPPETDB_URL is set.
+"""Forwarding to a real PuppetDB (Debian's puppetdb 7.12): ``REPORTD_TEST_PUPPETDB_URL``, else a local one.
 
-Start one with ``tests/integration/puppetdb.sh start`` (about 25 s), then
-``REPORTD_TEST_PUPPETDB_URL=http://127.0.0.1:8080 pytest tests/integration``.
+Start one with ``tests/integration/puppetdb.sh start`` (about 25 s): the tests find
+it on 127.0.0.1:8080 (tests/peers.py), or set ``REPORTD_TEST_PUPPETDB_URL``.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import aiohttp
 import orjson
-import pytest
 
 from tests.conftest import sample, wait_until
 
-PUPPETDB = os.environ.get("REPORTD_TEST_PUPPETDB_URL")
-pytestmark = pytest.mark.skipif(not PUPPETDB, reason="set REPORTD_TEST_PUPPETDB_URL to a real PuppetDB")
 
-
-async def query(session: aiohttp.ClientSession, ast: list) -> list[dict]:
+async def query(session: aiohttp.ClientSession, puppetdb: str, ast: list) -> list[dict]:
     async with session.get(
-        f"{PUPPETDB}/pdb/query/v4/reports", params={"query": orjson.dumps(ast).decode()}
+        f"{puppetdb}/pdb/query/v4/reports", params={"query": orjson.dumps(ast).decode()}
     ) as r:
         assert r.status == 200, await r.text()
         return await r.json()
 
 
-async def test_every_format_is_stored_by_a_real_puppetdb(aiohttp_client, make_app):
+async def test_every_format_is_stored_by_a_real_puppetdb(aiohttp_client, make_app, puppetdb_url):
     run = uuid.uuid4().hex[:8]  # this run's own certnames: the PuppetDB may hold earlier runs
-    plugins = f"[plugin:puppetdb]\nurls = {PUPPETDB}\nverify = true\nproducer = reportd.example.test\n"
+    plugins = f"[plugin:puppetdb]\nurls = {puppetdb_url}\nverify = true\nproducer = reportd.example.test\n"
     client = await aiohttp_client(make_app(processors="store, puppetdb", plugins=plugins))
     expected = {}
     for name in ("agent-changes.json", "agent-noop.json", "agent-catalog-failure.json"):
@@ -70,8 +65,8 @@ async def test_every_format_is_stored_by_a_real_puppetdb(aiohttp_client, make_ap
     assert queue["processors"]["puppetdb"]["dead"] == 0  # verify=true: each was queried back
     async with aiohttp.ClientSession() as session:
         for host, status in expected.items():
-            (stored,) = await query(session, ["=", "certname", host])
+            (stored,) = await query(session, puppetdb_url, ["=", "certname", host])
             assert stored["status"] == status, host
             assert stored["producer"] == "reportd.example.test"
-        (chef,) = await query(session, ["=", "transaction_uuid", run_id])
+        (chef,) = await query(session, puppetdb_url, ["=", "transaction_uuid", run_id])
         assert chef["certname"] == chef_host
