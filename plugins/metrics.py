@@ -36,7 +36,7 @@ from reportd import PluginContext, Processor, Report, Setting, hookimpl, require
 from reportd.auth import VIEW_REPORTS
 from reportd.settings import as_duration, as_list, as_networks, as_str
 from reportd.status import change_kind
-from reportd.web import DISPATCHER, STORAGE, TELEMETRY
+from reportd.web import DISPATCHER, STORAGE, TELEMETRY, api_error
 
 NAME = "metrics"
 RENDER_CHUNK = 8  # without a worker: nodes rendered between two turns of the event loop
@@ -425,8 +425,10 @@ async def _check_access(request: web.Request, settings: Mapping[str, Any]) -> No
             address = ip_address(request.remote or "")
         except ValueError:
             address = None
+        if address is not None and address.version == 6 and address.ipv4_mapped:
+            address = address.ipv4_mapped  # a dual-stack listener's IPv4 clients
         if address is None or not any(address in network for network in networks):
-            raise web.HTTPForbidden(text="/metrics is not open to this address")
+            raise api_error(403, "/metrics is not open to this address", {"allow_networks": "not in it"})
     # A scrape lists every node with its status, so it is a read like the store's API: view_reports
     # (anonymous_networks have it by default), or the scrape token when one is set.
     token = settings["token"]

@@ -21,7 +21,7 @@ import orjson
 
 from reportd import __version__
 from reportd.auth import PERMISSIONS, hash_token, new_token
-from reportd.config import Config, load_config, redacted_url
+from reportd.config import Config, load_config, load_config_checked, redacted_url
 from reportd.output import echo_json_lines, echo_table, progress
 from reportd.settings import ConfigError, as_duration, as_listen
 from reportd.status import RUN_STATUSES
@@ -210,10 +210,15 @@ def check_config(ctx: click.Context) -> None:
     from reportd.app import prepare
     from reportd.preflight import storage_check, tls_check
 
-    config = _load(ctx)
-    problems: list[str] = []
+    config, problems = load_config_checked(ctx.obj["config_path"])
+    if config is None:
+        raise Problems(problems)
+    if ctx.obj["data_dir"] is not None:
+        config = config.with_overrides(data_dir=ctx.obj["data_dir"])
     try:
         prepare(config, _plugin_manager(config))
+    except Problems as error:  # plugin_paths that do not load
+        problems += error.problems
     except ConfigError as error:
         problems += error.problems
     problems += tls_check(config)

@@ -181,17 +181,41 @@ def default_data_dir() -> Path:
 
 def load_config(path: Path | str | None) -> Config:
     """Read ``path`` (None: embedded defaults) and return the validated core config."""
+    config, problems = load_config_checked(path)
+    if problems:
+        raise ConfigError(*problems)
+    assert config is not None
+    return config
+
+
+def load_config_checked(path: Path | str | None) -> tuple[Config | None, list[str]]:
+    """The config and every problem of the file; where a value is wrong its default stands in,
+    so that what comes after (plugins, TLS, the database) can still be checked in the same run.
+
+    The config is None only when the file cannot be read or parsed at all.
+    """
     if path is None:
-        return load_config_string("", source="<defaults>")
+        return _load(""), []
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as error:
-        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
-    return load_config_string(text, source=str(path))
+        return None, [f"{path}: cannot read: {error.strerror}"]
+    problems: list[str] = []
+    return _load(text, source=str(path), problems=problems), problems
 
 
 def load_config_string(text: str, *, source: str = "<string>") -> Config:
+    problems: list[str] = []
+    config = _load(text, source=source, problems=problems)
+    if problems:
+        raise ConfigError(*problems)
+    assert config is not None
+    return config
+
+
+def _load(text: str, *, source: str = "<defaults>", problems: list[str] | None = None) -> Config | None:
+    problems = [] if problems is None else problems
     parser = configparser.ConfigParser(
         interpolation=None,
         delimiters=("=",),
@@ -204,10 +228,10 @@ def load_config_string(text: str, *, source: str = "<string>") -> Config:
     try:
         parser.read_string(text, source=source)
     except configparser.Error as error:
-        raise ConfigError(f"{source}: {error.message.splitlines()[0]}") from None
+        problems.append(f"{source}: {error.message.splitlines()[0]}")
+        return None
 
     plugin_sections: dict[str, dict[str, str]] = {}
-    problems: list[str] = []
     for name in parser.sections():
         if name.startswith(PLUGIN_PREFIX):
             plugin_sections[name[len(PLUGIN_PREFIX) :]] = dict(parser[name])
@@ -217,13 +241,7 @@ def load_config_string(text: str, *, source: str = "<string>") -> Config:
 
     core_values = dict(parser[CORE_SECTION]) if parser.has_section(CORE_SECTION) else {}
     stale_values = dict(parser[STALE_SECTION]) if parser.has_section(STALE_SECTION) else {}
-    try:
-        core = parse_section(CORE_SETTINGS, core_values, source=source, section=CORE_SECTION)
-    except ConfigError as error:
-        problems += error.problems
-        # the other sections are still checked, so that one run names every mistake
-        _stale_rules(7200.0, stale_values, source, problems)
-        raise ConfigError(*problems) from None
+    core = parse_section(CORE_SETTINGS, core_values, source=source, section=CORE_SECTION, problems=problems)
     core["data_dir"] = core["data_dir"] or default_data_dir()
     core["trusted_forwarders"] = frozenset(core["trusted_forwarders"])
     stale = _stale_rules(core.pop("stale_after"), stale_values, source, problems)
@@ -236,11 +254,12 @@ def load_config_string(text: str, *, source: str = "<string>") -> Config:
     for key in ("tls_cert", "tls_key", "tls_ca", "tls_crl"):
         if core[key] is not None and not core[key].is_file():
             problems.append(f"{source}: [reportd] {key}: no such file: {core[key]}")
+    if any(key in problem for problem in problems for key in ("tls_cert", "tls_key", "tls_ca", "tls_crl")):
+        core.update(tls_cert=None, tls_key=None, tls_ca=None, tls_crl=None)  # checked no further
     database = core["database"]
     if database and not database.startswith(("sqlite:///", "postgresql://", "postgres://")):
         problems.append(f"{source}: [reportd] database: expected sqlite:///PATH or postgresql://...")
-    if problems:
-        raise ConfigError(*problems)
+        core["database"] = ""
     return Config(**core, stale=stale, source=source, plugin_sections=plugin_sections)
 
 

@@ -147,14 +147,20 @@ def one_of(*choices: str) -> Callable[[str], str]:
 
 
 def parse_section(
-    declared: Mapping[str, Setting], values: Mapping[str, str], *, source: str, section: str
+    declared: Mapping[str, Setting],
+    values: Mapping[str, str],
+    *,
+    source: str,
+    section: str,
+    problems: list[str] | None = None,
 ) -> dict[str, Any]:
     """Parse one section's values against its declaration, defaults filled in.
 
     Every unknown key (with the closest known one, when there is one) and every
-    value its parser refuses is reported, all in one :class:`ConfigError`.
+    value its parser refuses is reported, all in one :class:`ConfigError`; or,
+    given a ``problems`` list, added to it, the default standing in for a bad value.
     """
-    problems = [
+    found = [
         f"{source}: [{section}] {key}: unknown key{did_you_mean(key, declared)}"
         for key in sorted(set(values) - set(declared))
     ]
@@ -164,9 +170,12 @@ def parse_section(
         try:
             parsed[key] = setting.parse(raw)
         except ValueError as error:
-            problems.append(f"{source}: [{section}] {key}: {error}")
-    if problems:
-        raise ConfigError(*problems)
+            found.append(f"{source}: [{section}] {key}: {error}")
+            parsed[key] = setting.parse(setting.default)
+    if problems is not None:
+        problems += found
+    elif found:
+        raise ConfigError(*found)
     return parsed
 
 

@@ -73,7 +73,11 @@ def test_check_config_reports_every_problem_with_a_suggestion(tmp_path):
     assert result.stderr.splitlines() == [
         f"Error: {path}: [reportd] procesors: unknown key (did you mean processors?)",
         f"Error: {path}: [reportd] listen: expected HOST:PORT with a port from 0 to 65535, got '127.0.0.1:99999'",
-        "2 problems",
+        f"Error: {path}: [plugin:puppetdb] urls: expected an http:// or https:// URL with a host,"
+        " got 'puppetdb:8080'",
+        f"Error: {path}: [reportd] disabled_plugins: no plugin named 'reportd_plugins.nope'"
+        " (did you mean reportd_plugins.store?) (see `reportd plugins`)",
+        "4 problems",
     ]
     path.write_text(
         f"[reportd]\ndata_dir = {tmp_path}\nprocessors = store, puppetdb\n"
@@ -87,6 +91,26 @@ def test_check_config_reports_every_problem_with_a_suggestion(tmp_path):
         f"Error: {path}: [reportd] disabled_plugins: no plugin named 'reportd_plugins.nope'"
         " (did you mean reportd_plugins.store?) (see `reportd plugins`)",
         "2 problems",
+    ]
+
+
+def test_check_config_names_mistakes_of_every_stage_in_one_run(tmp_path):
+    path = tmp_path / "five.ini"
+    path.write_text(
+        "[reportd]\nstale_afer = 2h\nlisten = 127.0.0.1:99999\ntls_cert = /nope.pem\ntls_key = /nope.key\n"
+        "processors = store, nope\n[plugin:stor]\nx = 1\n[plugin:store]\nretention_dayz = 3\n"
+    )
+    result = run("-c", str(path), "check-config")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"Error: {path}: [reportd] stale_afer: unknown key (did you mean stale_after?)",
+        f"Error: {path}: [reportd] listen: expected HOST:PORT with a port from 0 to 65535, got '127.0.0.1:99999'",
+        f"Error: {path}: [reportd] tls_cert: no such file: /nope.pem",
+        f"Error: {path}: [reportd] tls_key: no such file: /nope.key",
+        f"Error: {path}: [plugin:stor]: no loaded plugin has this section (did you mean store?)",
+        f"Error: {path}: [plugin:store] retention_dayz: unknown key (did you mean retention_days?)",
+        f"Error: {path}: [reportd] processors: no processor named 'nope' (loaded: metrics, puppetdb, store)",
+        "7 problems",
     ]
 
 

@@ -209,12 +209,17 @@ async def test_postgresql_down_for_seconds_is_503_and_loses_nothing_acknowledged
                 await asyncio.sleep(0.1)
             assert (await health(session, daemon.url))[0] == 200
         acknowledged = {certname for certname, status, _ in answers if status == 200}
+        unavailable = {certname for certname, status, _ in answers if status == 503}
         await until_drained(daemon.url)
-        assert await stored_certnames(daemon.url) == acknowledged
+        stored = await stored_certnames(daemon.url)
+        # Nothing acknowledged is lost. A 503 may still have been stored: the commit can
+        # succeed as the connection drops (a resend is recognised as a duplicate).
+        assert stored >= acknowledged
+        assert stored - acknowledged <= unavailable
         assert await asyncio.to_thread(daemon.stop) == 0
         conn = await asyncpg.connect(database)
         try:
-            assert await conn.fetchval("SELECT count(*) FROM reports") == len(acknowledged)
+            assert await conn.fetchval("SELECT count(*) FROM reports") == len(stored)
         finally:
             await conn.close()
 

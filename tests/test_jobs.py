@@ -564,6 +564,9 @@ async def test_errors_have_the_orchestrator_shape(orchestrator):
             scope={"application": "Wordpress_app"}), None),
         ({"environment": "production", "scope": {"nodes": ["a", 3]}}, 400, orchestrator_error(
             "validation-error", "scope.nodes must be a list of certnames", nodes=["a", 3]), None),
+        ({"environment": "production", "scope": {"nodes": ["web1.example.test", "Web1.Example.COM", "a/b"]}},
+         400, orchestrator_error("validation-error", "scope.nodes: 'Web1.Example.COM' must be lower case",
+                                 nodes=["Web1.Example.COM", "a/b"]), None),
         ({"environment": "production", "scope": nodes, "concurrency": 0}, 400, orchestrator_error(
             "validation-error", "concurrency must be a positive integer, got 0", concurrency=0), None),
         ({"environment": "production", "scope": nodes, "timeout": "soon"}, 400, orchestrator_error(

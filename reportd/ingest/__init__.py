@@ -126,7 +126,8 @@ async def accept_report(app: web.Application, report: Report, envelope: Envelope
         log.error("report_not_spooled", certname=report.certname, error=f"{type(error).__name__}: {error}")
         raise Refusal(
             503,
-            "reportd cannot store reports right now; nothing was kept, send it again later",
+            "reportd cannot store reports right now; send it again later"
+            " (should it have been stored after all, the second send is recognised as a duplicate)",
             reason="unavailable",
             kind="SERVICE_UNAVAILABLE",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},

@@ -43,10 +43,17 @@ def _render(refusal: Refusal) -> web.HTTPException:
 
 async def _authorized(request: web.Request, certname: str | None) -> Identity:
     identity = await identify(request)
-    if not identity.allows(UPLOAD) or (certname is not None and not identity.may_upload_for(certname)):
+    if not identity.allows(UPLOAD):
+        who = "this client" if identity.subject == "nobody" else identity.subject
         raise Refusal(
-            403, f"{identity.subject} may not upload reports for {certname or 'this node'}", reason="auth"
+            403,
+            f"{who} may not upload reports: that takes a node certificate, a token with"
+            " upload_config_reports, or an address in anonymous_networks",
+            reason="auth",
         )
+    if certname is not None and not identity.may_upload_for(certname):
+        message = f"{identity.subject} may only upload its own reports, not {certname}'s"
+        raise Refusal(403, message, reason="auth")
     return identity
 
 

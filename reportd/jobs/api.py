@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from reportd.formats.fields import certname_problem
 from reportd.jobs.tracker import MAX_ID_DIGITS, is_job_id, iso
 from reportd.storage.jobs import (
     JOB_ORDER_COLUMNS,
@@ -317,6 +318,11 @@ class JobsAPI:
         nodes = list(dict.fromkeys(n.strip() for n in nodes))
         if not nodes:
             raise orchestrator_error(400, "empty-target", "The deploy names no nodes (scope.nodes is empty)")
+        invalid = {node: problem for node in nodes if (problem := certname_problem(node)) is not None}
+        if invalid:
+            # A node whose name no certificate can carry would never report: only errored at the timeout.
+            node, problem = next(iter(invalid.items()))
+            raise validation_error(f"scope.nodes: {node[:300]!r} {problem}", nodes=sorted(invalid)[:100])
         flags = {}
         for flag in DEPLOY_FLAGS:
             value = body.get(flag, flag == "enforce_environment")
