@@ -675,7 +675,7 @@ def test_job_settings_are_checked(tmp_path):
     from reportd.settings import ConfigError
 
     with pytest.raises(
-        ConfigError, match=r"^b\.ini: \[reportd\] base_url: expected empty or an http\(s\):// URL"
+        ConfigError, match=r"^b\.ini: \[reportd\] base_url: expected an http:// or https:// URL with a host"
     ):
         load_config_string("[reportd]\nbase_url = reportd.example.com\n", source="b.ini")
     with pytest.raises(ConfigError, match=r"^b\.ini: \[reportd\] job_timeout: expected a duration"):
