@@ -4,7 +4,6 @@
 -- PostgreSQL database dump
 --
 
-\restrict abXZO2eiKCD6ccTCaUwBH4lVlcCx0DjtKez8zAUaQ7ii4ufAgDLdKLIgezHoaVI
 
 -- Dumped from database version 15.20 (Debian 15.20-0+deb12u1)
 -- Dumped by pg_dump version 15.20 (Debian 15.20-0+deb12u1)
@@ -639,5 +638,4 @@ CREATE INDEX schedules_scheduled_at ON public.schedules USING btree (scheduled_a
 -- PostgreSQL database dump complete
 --
 
-\unrestrict abXZO2eiKCD6ccTCaUwBH4lVlcCx0DjtKez8zAUaQ7ii4ufAgDLdKLIgezHoaVI
 
