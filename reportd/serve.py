@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+from typing import Any
 
 import pluggy
 import structlog
@@ -15,6 +16,7 @@ from aiohttp import web
 
 from reportd.app import create_app
 from reportd.config import Config, redacted_url
+from reportd.log import report_suppressed_logs
 from reportd.parsing import tune_allocator
 from reportd.tls import ServerTLS
 
@@ -60,9 +62,35 @@ def notify_systemd(state: str) -> None:
         sock.sendall(state.encode())
 
 
+def log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's errors as structlog events, rate-limited like every warning.
+
+    asyncio's own handler writes one free-text record per call, its details
+    (the socket, the task) inside the text, so no two looked alike to the
+    rate limit.
+    """
+    exception = context.get("exception")
+    details = {key: repr(value) for key, value in context.items() if key not in ("message", "exception")}
+    log.error(
+        "event_loop_error",
+        message=context.get("message", "Unhandled exception in event loop"),
+        exc_info=exception if isinstance(exception, BaseException) else None,
+        **details,
+    )
+
+
+async def report_suppressed_logs_every(interval: float) -> None:
+    # So the count of a flood that stopped is written soon, not at the next such message.
+    while True:
+        await asyncio.sleep(interval)
+        report_suppressed_logs()
+
+
 async def serve(config: Config, pm: pluggy.PluginManager) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting and drain (bounded)."""
     tune_allocator()  # before any thread starts
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(log_loop_exception)
     # Certificates and CRL are read first: a bad one stops the start before anything opens.
     tls = ServerTLS(config) if config.tls_enabled else None
     app = create_app(config, pm)
@@ -92,14 +120,16 @@ async def serve(config: Config, pm: pluggy.PluginManager) -> None:
         processors=list(config.processors),
     )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     notify_systemd("READY=1")
+    reporter = asyncio.create_task(report_suppressed_logs_every(1.0), name="suppressed-logs")
     await stop.wait()
     log.info("stopping")
     notify_systemd("STOPPING=1")
     # Closes the listener, waits for requests in flight (shutdown_timeout), then
     # runs the cleanup contexts: deliveries end, plugins shut down, storage closes.
     await runner.cleanup()
+    reporter.cancel()
+    report_suppressed_logs()
     log.info("stopped")
