@@ -50,6 +50,20 @@ def _permissions(value: str) -> frozenset[str]:
     return names
 
 
+def _positive_duration(value: str) -> float:
+    seconds = as_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"expected a duration above 0, got {value!r}")
+    return seconds
+
+
+def _positive_size(value: str) -> int:
+    size = as_size(value)
+    if size < 1:
+        raise ValueError(f"expected a size of at least 1 byte, got {value!r}")
+    return size
+
+
 CORE_SETTINGS: dict[str, Setting] = {
     "listen": Setting("127.0.0.1:8141", as_listen, "address and port to listen on"),
     "data_dir": Setting("", as_path, "where the SQLite database lives"),
@@ -83,6 +97,10 @@ CORE_SETTINGS: dict[str, Setting] = {
     "node_names_from_san": Setting("false", as_bool, "a node certificate's DNS SANs are its names too"),
     "tls_crl": Setting("", as_path, "CRL (PEM) of tls_ca, re-read when it changes"),
     "trusted_proxies": Setting("", as_networks, "peers whose Host and X-Forwarded-* name reportd"),
+    "header_timeout": Setting("10s", _positive_duration, "longest a request head may take to arrive"),
+    "body_timeout_base": Setting("10s", _positive_duration, "grace before min_body_rate applies"),
+    "min_body_rate": Setting("64KiB", _positive_size, "slowest accepted request body, per second"),
+    "max_connections": Setting("1000", as_positive_int, "open client connections at most"),
 }
 
 
@@ -135,6 +153,10 @@ class Config:
     dedup_window: float
     base_url: str
     job_timeout: float
+    header_timeout: float
+    body_timeout_base: float
+    min_body_rate: int
+    max_connections: int
     stale: StaleRules
     source: str = "<defaults>"
     plugin_sections: Mapping[str, Mapping[str, str]] = field(default_factory=dict)

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from reportd.app import create_app
 from reportd.config import Config, redacted_url
+from reportd.connections import ConnectionGuard, Limits, raise_open_file_limit
 from reportd.log import report_suppressed_logs
 from reportd.parsing import tune_allocator
 from reportd.tls import ServerTLS
@@ -91,11 +92,14 @@ async def serve(config: Config, pm: pluggy.PluginManager) -> None:
     tune_allocator()  # before any thread starts
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(log_loop_exception)
+    raise_open_file_limit(config.max_connections)
     # Certificates and CRL are read first: a bad one stops the start before anything opens.
     tls = ServerTLS(config) if config.tls_enabled else None
     app = create_app(config, pm)
     if tls is not None and config.tls_crl is not None:
         app.on_response_prepare.append(tls.close_stale_connections)
+    guard = ConnectionGuard(Limits.from_config(config))
+    guard.install(app)
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_timeout
     )
@@ -103,13 +107,13 @@ async def serve(config: Config, pm: pluggy.PluginManager) -> None:
     tune_garbage_collector()
     shorten_switch_interval()
     host, port = config.listen
-    site = web.TCPSite(runner, host, port, ssl_context=tls.listener_context() if tls else None, backlog=1024)
     try:
-        await site.start()
+        # reportd's own accept loop, not a TCPSite: see reportd.connections.
+        ssl_context = tls.listener_context() if tls else None
+        bound = await guard.start(runner.server, host, port, ssl_context=ssl_context)
     except OSError as error:
         await runner.cleanup()
         raise RuntimeError(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    bound = [address[:2] for address in runner.addresses]
     log.info(
         "listening",
         addresses=[f"{h}:{p}" for h, p in bound],
@@ -118,6 +122,7 @@ async def serve(config: Config, pm: pluggy.PluginManager) -> None:
         crl=str(config.tls_crl) if config.tls_crl else None,
         database=redacted_url(config.database_url),
         processors=list(config.processors),
+        max_connections=config.max_connections,
     )
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -127,8 +132,9 @@ async def serve(config: Config, pm: pluggy.PluginManager) -> None:
     await stop.wait()
     log.info("stopping")
     notify_systemd("STOPPING=1")
-    # Closes the listener, waits for requests in flight (shutdown_timeout), then
-    # runs the cleanup contexts: deliveries end, plugins shut down, storage closes.
+    guard.stop()
+    # Waits for requests in flight (shutdown_timeout), then runs the cleanup
+    # contexts: deliveries end, plugins shut down, storage closes.
     await runner.cleanup()
     reporter.cancel()
     report_suppressed_logs()

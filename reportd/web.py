@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import structlog
 from aiohttp import web
 
 from reportd.auth import Authenticator, Identity, in_networks
+from reportd.connections import BodyPace
 
 if TYPE_CHECKING:
     from reportd.parsing import Share
@@ -91,22 +93,61 @@ class BodyTooLarge(Exception):
     pass
 
 
+class BodyTimeout(web.HTTPRequestTimeout):
+    """The body came slower than ``min_body_rate``: answered 408 (puppetserver's error shape)
+    while the connection is writable, and the connection is closed."""
+
+    def __init__(self, received: int, seconds: float) -> None:
+        message = f"The request body came too slowly: {received} bytes in {seconds:.1f} s"
+        super().__init__(
+            text=orjson.dumps({"message": message, "issue_kind": "REQUEST_TIMEOUT"}).decode(),
+            content_type="application/json",
+        )
+        self.force_close()
+
+
 async def read_body(request: web.Request, limit: int, share: Share | None = None) -> bytes:
     """The request body (already gunzipped by aiohttp), refusing more than ``limit`` bytes.
 
     With a ``share`` of the body budget, the share grows (waiting if need be)
     before the body does.
+
+    Raises :class:`BodyTimeout` once the body is later than ``body_timeout_base``
+    plus its bytes so far at ``min_body_rate`` (time spent waiting for the budget
+    not counted): a client that trickles a body would otherwise hold its
+    connection, and this request, for as long as it likes.
     """
     if request.content_length is not None and request.content_length > limit and not _encoded(request):
         raise BodyTooLarge
+    config = request.app[CONFIG]
+    pace = BodyPace(request, config.body_timeout_base, config.min_body_rate)
     chunks = bytearray()
-    async for chunk in request.content.iter_chunked(256 * 1024):
-        if len(chunks) + len(chunk) > limit:
-            raise BodyTooLarge
-        if share is not None and len(chunks) + len(chunk) > share.size:
-            await share.grow_to(min(limit, max(2 * share.size, len(chunks) + len(chunk))))
-        chunks += chunk
-    return bytes(chunks)
+    try:
+        while True:
+            try:
+                async with asyncio.timeout_at(pace.deadline(len(chunks))):
+                    chunk = await request.content.read(256 * 1024)
+            except TimeoutError:
+                received, seconds = pace.received(len(chunks)), pace.seconds()
+                log.warning(
+                    "request_body_timeout",
+                    path=request.path,
+                    remote=request.remote,
+                    bytes=received,
+                    seconds=round(seconds, 3),
+                    min_body_rate=config.min_body_rate,
+                )
+                raise BodyTimeout(received, seconds) from None
+            if not chunk:
+                return bytes(chunks)
+            if len(chunks) + len(chunk) > limit:
+                raise BodyTooLarge
+            if share is not None and len(chunks) + len(chunk) > share.size:
+                with pace.paused():
+                    await share.grow_to(min(limit, max(2 * share.size, len(chunks) + len(chunk))))
+            chunks += chunk
+    finally:
+        pace.done()
 
 
 def fail_truncated_deflate_bodies() -> None:

@@ -1,0 +1,385 @@
+"""Slow and many clients against a real ``reportd serve``: header and body deadlines, the connection cap."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+import trustme
+
+from reportd.config import CORE_SETTINGS
+from reportd.connections import FD_RESERVE
+from tests.conftest import Daemon, ini_for, sample
+
+pytestmark = pytest.mark.slow
+
+REPORT = orjson.loads(sample("agent-changes.json"))
+CLIENT_TIMEOUT = 5.0
+# A partial request head: the blank line that would end it never comes.
+PARTIAL_HEAD = b"GET /healthz HTTP/1.1\r\nHost: reportd.example.test\r\n"
+# Starts a program with another RLIMIT_NOFILE, as systemd's LimitNOFILE= or `ulimit -n` would.
+WITH_OPEN_FILE_LIMIT = (
+    "import os, resource, sys; "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2]))); "
+    "os.execv(sys.argv[3], sys.argv[3:])"
+)
+
+
+def unique_report() -> tuple[str, bytes]:
+    """A report path and body no one sent before (unique host and transaction_uuid)."""
+    certname = f"node-{uuid.uuid4().hex[:12]}.example.test"
+    body = orjson.dumps({**REPORT, "host": certname, "transaction_uuid": str(uuid.uuid4())})
+    return f"/puppet/v3/report/{certname}?environment=production", body
+
+
+async def put_report(url: str, *, ssl_context: ssl.SSLContext | None = None) -> int:
+    """One agent run's upload, on a connection of its own as an agent makes it."""
+    path, body = unique_report()
+    connector = aiohttp.TCPConnector(force_close=True, ssl=ssl_context if ssl_context else True)
+    async with (
+        aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=CLIENT_TIMEOUT)
+        ) as session,
+        session.put(url + path, data=body, headers={"Content-Type": "application/json"}) as response,
+    ):
+        assert await response.json() == ["store"], await response.text()
+        return response.status
+
+
+async def get_health(url: str) -> int:
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with (
+        aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=CLIENT_TIMEOUT)
+        ) as session,
+        session.get(url + "/healthz") as response,
+    ):
+        return response.status
+
+
+async def closed_by_server(reader: asyncio.StreamReader, wait: float) -> bytes | None:
+    """What the server sent before closing within ``wait`` seconds, or None if it is still open."""
+    received = b""
+    deadline = time.monotonic() + wait
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            chunk = await asyncio.wait_for(reader.read(65536), left)
+            if not chunk:
+                return received
+            received += chunk
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        return received
+    return None
+
+
+async def drip(writer: asyncio.StreamWriter, piece: bytes, interval: float) -> None:
+    """Send ``piece`` every ``interval`` seconds until the connection breaks."""
+    try:
+        while not writer.is_closing():
+            writer.write(piece)
+            await writer.drain()
+            await asyncio.sleep(interval)
+    except ConnectionError:
+        pass
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    length = next(int(line.split(":", 1)[1]) for line in lines if line.lower().startswith("content-length:"))
+    return int(lines[0].split()[1]), await reader.readexactly(length)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def client_sockets(pid: int) -> int:
+    """The daemon's TCP connections to clients (its sockets, less the listener and asyncio's own pair)."""
+    sockets = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):  # closed since it was listed
+            sockets += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+    return sockets - 3
+
+
+def log_lines(daemon: Daemon) -> list[dict]:
+    return [orjson.loads(line) for line in daemon.log_path.read_bytes().splitlines() if line.startswith(b"{")]
+
+
+def start_with_open_file_limit(daemon: Daemon, soft: int, hard: int) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "reportd", "--config", str(daemon.config_path), "serve",
+            "--listen", f"127.0.0.1:{daemon.port}"]  # fmt: skip
+    with daemon.log_path.open("ab") as log:
+        daemon.process = subprocess.Popen(
+            [sys.executable, "-c", WITH_OPEN_FILE_LIMIT, str(soft), str(hard), *argv],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    return daemon.process
+
+
+# -- request heads ----------------------------------------------------------------------------
+
+
+async def test_a_request_head_sent_slowly_is_cut_after_header_timeout(daemon_factory, tmp_path):
+    daemon = daemon_factory(ini_for(tmp_path, "header_timeout = 1s\n")).start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    started = time.monotonic()
+    writer.write(PARTIAL_HEAD)
+    dripping = asyncio.create_task(drip(writer, b"X-Slow: 1\r\n", 0.2))
+    answer = await closed_by_server(reader, 5.0)
+    elapsed = time.monotonic() - started
+    dripping.cancel()
+    writer.close()
+    assert answer == b"", "cut without an answer"
+    assert 0.9 <= elapsed <= 2.5, elapsed
+    events = [line for line in log_lines(daemon) if line["event"] == "request_head_timeout"]
+    assert len(events) == 1 and events[0]["remote"] == "127.0.0.1", events
+    assert await get_health(daemon.url) == 200
+
+
+async def test_a_connection_that_sends_nothing_is_cut_but_an_idle_keep_alive_one_is_not(
+    daemon_factory, tmp_path
+):
+    daemon = daemon_factory(ini_for(tmp_path, "header_timeout = 1s\n")).start()
+    silent_reader, silent_writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    request = b"GET /healthz HTTP/1.1\r\nHost: reportd.example.test\r\n\r\n"
+    writer.write(request)
+    assert (await read_response(reader))[0] == 200
+    # Twice the header timeout with nothing sent: the silent connection is cut, the
+    # keep-alive one (its request done) is idle and keeps aiohttp's keep-alive timeout.
+    assert await closed_by_server(silent_reader, 2.0) == b""
+    await asyncio.sleep(0.5)
+    writer.write(request)
+    assert await read_response(reader) == (200, b'{"status":"ok"}')
+    writer.close()
+    silent_writer.close()
+
+
+# -- request bodies ---------------------------------------------------------------------------
+
+
+async def test_a_slow_body_is_cut_with_408_while_an_agent_is_served(daemon_factory, tmp_path):
+    daemon = daemon_factory(ini_for(tmp_path, "body_timeout_base = 1s\nmin_body_rate = 64KiB\n")).start()
+    path, body = unique_report()
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    started = time.monotonic()
+    writer.write(
+        f"PUT {path} HTTP/1.1\r\nHost: reportd.example.test\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+    )
+    dripping = asyncio.create_task(drip(writer, b" ", 0.1))
+    # Meanwhile an agent uploads its report, and is answered at once.
+    agent_started = time.monotonic()
+    assert await put_report(daemon.url) == 200
+    assert time.monotonic() - agent_started < 1.0
+    answer = await closed_by_server(reader, 5.0)
+    elapsed = time.monotonic() - started
+    dripping.cancel()
+    writer.close()
+    assert answer is not None, "the slow body is still being read"
+    assert 0.9 <= elapsed <= 2.5, elapsed
+    if answer:  # writable when it was cut: a 408 and its JSON body, then closed
+        head, _, error = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), answer
+        assert orjson.loads(error)["issue_kind"] == "REQUEST_TIMEOUT"
+    events = [line for line in log_lines(daemon) if line["event"] == "request_body_timeout"]
+    assert len(events) == 1 and events[0]["bytes"] < 2000, events
+
+
+async def test_a_body_sent_at_the_floor_rate_is_not_cut(daemon_factory, tmp_path):
+    # 4 KiB/s floor after 0.5 s: 16 KiB at 8 KiB/s takes 2 s, four times the base.
+    daemon = daemon_factory(ini_for(tmp_path, "body_timeout_base = 0.5s\nmin_body_rate = 4KiB\n")).start()
+    path, body = unique_report()
+    body = body[:-1] + b" " * (16384 - len(body)) + b"}"
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    writer.write(
+        f"PUT {path} HTTP/1.1\r\nHost: reportd.example.test\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+    )
+    for offset in range(0, len(body), 820):
+        writer.write(body[offset : offset + 820])
+        await writer.drain()
+        await asyncio.sleep(0.1)
+    status, answer = await asyncio.wait_for(read_response(reader), 5)
+    writer.close()
+    assert (status, orjson.loads(answer)) == (200, ["store"])
+
+
+# -- the connection cap -----------------------------------------------------------------------
+
+
+async def test_at_the_cap_agents_are_served_while_slow_heads_hold_twice_as_many(daemon_factory, tmp_path):
+    daemon = daemon_factory(ini_for(tmp_path, "max_connections = 20\nheader_timeout = 60s\n")).start()
+    pid = daemon.process.pid
+    stop = asyncio.Event()
+    cut = 0
+
+    async def attacker() -> None:
+        # Reconnects as soon as it is cut, as a slowloris does.
+        nonlocal cut
+        while not stop.is_set():
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+            except OSError:
+                await asyncio.sleep(0.1)
+                continue
+            writer.write(PARTIAL_HEAD)
+            while not stop.is_set() and await closed_by_server(reader, 0.2) is None:
+                pass
+            cut += not stop.is_set()
+            writer.close()
+
+    attackers = [asyncio.create_task(attacker()) for _ in range(40)]
+    try:
+        await asyncio.sleep(1.0)
+        cpu_before, at = cpu_seconds(pid), time.monotonic()
+        for _ in range(3):
+            started = time.monotonic()
+            assert await get_health(daemon.url) == 200
+            assert await put_report(daemon.url) == 200
+            assert time.monotonic() - started < 2.0
+            assert client_sockets(pid) <= 20 + 1  # the cap, and an evicted one not closed yet
+        await asyncio.sleep(max(0.0, 3.0 - (time.monotonic() - at)))
+        cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - at)
+    finally:
+        stop.set()
+        await asyncio.gather(*attackers)
+    assert cut >= 40, "connections were closed to make room"
+    assert cpu < 0.5, f"the daemon used {cpu:.0%} of a CPU"
+    assert daemon.stop() == 0
+    lines = log_lines(daemon)
+    # One line when the cap is reached; evictions are warnings, 10 per 10 s at most, then counted.
+    assert len([line for line in lines if line["event"] == "connection_limit_reached"]) == 1
+    evicted = [line for line in lines if line["event"] == "connection_evicted"]
+    assert len(evicted) == 10 and evicted[0]["phase"] == "head", evicted
+    (summary,) = [line for line in lines if line["event"] == "log_messages_suppressed"]
+    assert summary["similar_to"] == "connection_evicted" and summary["suppressed"] >= cut - 10, summary
+    assert len(lines) <= 30, [line["event"] for line in lines]
+
+
+async def test_at_the_cap_with_no_connection_to_close_new_ones_wait_without_spinning(
+    daemon_factory, tmp_path
+):
+    # Bodies that keep up with min_body_rate are never closed to make room.
+    ini = "max_connections = 20\nbody_timeout_base = 30s\nmin_body_rate = 10\n"
+    daemon = daemon_factory(ini_for(tmp_path, ini)).start()
+    pid = daemon.process.pid
+    writers, drips = [], []
+    for _ in range(20):
+        path, _ = unique_report()
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+        writer.write(
+            f"PUT {path} HTTP/1.1\r\nHost: reportd.example.test\r\nContent-Type: application/json\r\n"
+            "Content-Length: 100000\r\n\r\n".encode()
+        )
+        writers.append((reader, writer))
+        drips.append(asyncio.create_task(drip(writer, b" " * 10, 0.2)))
+    await asyncio.sleep(0.5)
+    waiting = [await asyncio.open_connection("127.0.0.1", daemon.port) for _ in range(10)]
+    for _, writer in waiting:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: reportd.example.test\r\n\r\n")
+    cpu_before, lines_before, at = cpu_seconds(pid), len(log_lines(daemon)), time.monotonic()
+    await asyncio.sleep(2.5)
+    cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - at)
+    new_lines = log_lines(daemon)[lines_before:]
+    assert client_sockets(pid) == 20
+    # The ones waiting in the backlog were neither answered nor refused.
+    assert [await closed_by_server(reader, 0.01) for reader, _ in waiting] == [None] * 10
+    assert cpu < 0.1, f"the daemon used {cpu:.0%} of a CPU"
+    assert len(new_lines) <= 3, new_lines
+    # A slot frees: the first one waiting gets it.
+    for task in drips[:1]:
+        task.cancel()
+    writers[0][1].transport.abort()
+    assert await asyncio.wait_for(read_response(waiting[0][0]), 3) == (200, b'{"status":"ok"}')
+    for task in drips:
+        task.cancel()
+    for _, writer in writers + waiting:
+        writer.close()
+
+
+# -- open file limit --------------------------------------------------------------------------
+
+
+def test_the_soft_open_file_limit_is_raised_to_the_hard_one(daemon_factory, tmp_path):
+    daemon = daemon_factory(ini_for(tmp_path))
+    process = start_with_open_file_limit(daemon, 1024, 4096)  # systemd's default soft limit
+    deadline = time.monotonic() + 20
+    while b'"event": "listening"' not in daemon.log_path.read_bytes():
+        assert process.poll() is None and time.monotonic() < deadline, daemon.log_path.read_text()
+        time.sleep(0.05)
+    limits = Path(f"/proc/{process.pid}/limits").read_text()
+    assert next(line for line in limits.splitlines() if line.startswith("Max open files")).split()[3:5] == [
+        "4096",
+        "4096",
+    ]
+
+
+def test_serve_refuses_to_start_when_max_connections_does_not_fit_the_open_file_limit(
+    daemon_factory, tmp_path
+):
+    daemon = daemon_factory(ini_for(tmp_path, "max_connections = 1000\n"))
+    process = start_with_open_file_limit(daemon, 1024, 1024)
+    assert process.wait(20) == 1
+    output = daemon.log_path.read_text().strip().splitlines()
+    assert output == [
+        "Error: max_connections = 1000 needs 1256 open files (256 more for the database and files),"
+        " but the limit is 1024: lower max_connections or raise the limit (LimitNOFILE= in the systemd"
+        " unit, ulimit -n)"
+    ]
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server_tls(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    leaf.cert_chain_pems[0].write_to_path(str(directory / "server.pem"))
+    leaf.private_key_pem.write_to_path(str(directory / "server.key"))
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return directory, client
+
+
+async def test_over_tls_a_stalled_handshake_is_cut_after_header_timeout(daemon_factory, tmp_path, server_tls):
+    directory, client = server_tls
+    extra = (
+        f"tls_cert = {directory / 'server.pem'}\ntls_key = {directory / 'server.key'}\nheader_timeout = 1s\n"
+    )
+    daemon = daemon_factory(ini_for(tmp_path, extra), scheme="https").start()
+    # TCP only: no ClientHello ever comes.
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    started = time.monotonic()
+    assert await put_report(daemon.url, ssl_context=client) == 200
+    assert await closed_by_server(reader, 4.0) == b""
+    assert 0.9 <= time.monotonic() - started <= 2.5
+    writer.close()
+    # A TLS connection whose head stalls after the handshake is cut as well.
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port, ssl=client)
+    writer.write(PARTIAL_HEAD)
+    assert await closed_by_server(reader, 4.0) == b""
+    writer.close()
+
+
+def test_the_systemd_unit_has_room_for_the_default_cap():
+    unit = (Path(__file__).parents[1] / "systemd" / "reportd.service").read_text()
+    (limit,) = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("LimitNOFILE=")]
+    assert int(limit) >= int(CORE_SETTINGS["max_connections"].default) + FD_RESERVE
