@@ -113,9 +113,10 @@ async def read_body(request: web.Request, limit: int, share: Share | None = None
     before the body does.
 
     Raises :class:`BodyTimeout` once the body is later than ``body_timeout_base``
-    plus its bytes so far at ``min_body_rate`` (time spent waiting for the budget
-    not counted): a client that trickles a body would otherwise hold its
-    connection, and this request, for as long as it likes.
+    plus its bytes so far at ``min_body_rate``: a client that trickles a body would
+    otherwise hold its connection, and this request, for as long as it likes. Time
+    waiting here for the budget counts too, so that bodies which each wait for
+    another's share cannot hold each other forever.
     """
     if request.content_length is not None and request.content_length > limit and not _encoded(request):
         raise BodyTooLarge
@@ -143,8 +144,7 @@ async def read_body(request: web.Request, limit: int, share: Share | None = None
             if len(chunks) + len(chunk) > limit:
                 raise BodyTooLarge
             if share is not None and len(chunks) + len(chunk) > share.size:
-                with pace.paused():
-                    await share.grow_to(min(limit, max(2 * share.size, len(chunks) + len(chunk))))
+                await share.grow_to(min(limit, max(2 * share.size, len(chunks) + len(chunk))))
             chunks += chunk
     finally:
         pace.done()
