@@ -5,8 +5,8 @@
 A real ``reportd serve`` is started on a free 127.0.0.1 port. For --baseline seconds
 it is probed alone; then an attacker process opens --slow-headers connections that
 send a request head one header line every --interval seconds, and --slow-bodies
-connections that send a complete PUT head (Content-Length: 1 MB) and then one body
-byte every --interval seconds. An attacker whose connection is closed reconnects at
+connections that send a complete PUT head (Content-Length: --slow-body-length) and
+then one body byte every --interval seconds. An attacker whose connection is closed reconnects at
 once, as a slowloris does. After a --ramp, the probes are measured for --duration
 seconds more; then the attack stops, and the server gets SIGTERM and must exit.
 
@@ -57,7 +57,6 @@ HEALTHZ_TIMEOUT = 10.0
 PUT_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 SAMPLE_INTERVAL = 0.5
-SLOW_BODY_LENGTH = 1_000_000
 # Sets RLIMIT_NOFILE, then becomes the server: the limit is the server's from its first instruction.
 WITH_OPEN_FILE_LIMIT = (
     "import os, resource, sys; "
@@ -91,7 +90,8 @@ class AttackStats:
     open_max: int = 0
 
 
-async def slow_client(kind: str, port: int, interval: float, stop: asyncio.Event, stats: AttackStats, state):
+async def slow_client(kind: str, args, port: int, stop: asyncio.Event, stats: AttackStats, state) -> None:
+    interval, body_length = args.interval, args.slow_body_length
     while not stop.is_set():
         try:
             reader, writer = await asyncio.wait_for(
@@ -112,7 +112,7 @@ async def slow_client(kind: str, port: int, interval: float, stop: asyncio.Event
                 writer.write(
                     f"PUT /puppet/v3/report/{certname}?environment=production HTTP/1.1\r\n"
                     f"Host: reportd.example.test\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {SLOW_BODY_LENGTH}\r\n\r\n{{".encode()
+                    f"Content-Length: {body_length}\r\n\r\n{{".encode()
                 )
             line = 0
             while not stop.is_set():
@@ -142,7 +142,7 @@ async def attack(args, port: int, conn) -> None:
     kinds = ["slow-header"] * args.slow_headers + ["slow-body"] * args.slow_bodies
     tasks = []
     for index, kind in enumerate(kinds):
-        tasks.append(asyncio.create_task(slow_client(kind, port, args.interval, stop, stats, state)))
+        tasks.append(asyncio.create_task(slow_client(kind, args, port, stop, stats, state)))
         if index % 100 == 99:
             await asyncio.sleep(0.05)  # a quick ramp, not one burst of SYNs
     conn.send("started")
@@ -266,8 +266,9 @@ class ServerGone(Exception):
 @dataclass
 class ServerSample:
     at: float
-    cpu: float  # seconds, the process tree
+    cpu: float  # seconds
     fds: int
+    rss_kb: int
     log_bytes: int
 
 
@@ -314,6 +315,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def open_fds(pid: int) -> int:
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
@@ -323,10 +334,9 @@ def open_fds(pid: int) -> int:
 
 async def sample_server(process: subprocess.Popen, log_path: Path, samples: list[ServerSample]) -> None:
     while process.poll() is None:
+        pid = process.pid
         samples.append(
-            ServerSample(
-                time.monotonic(), cpu_seconds(process.pid), open_fds(process.pid), log_size(log_path)
-            )
+            ServerSample(time.monotonic(), cpu_seconds(pid), open_fds(pid), rss_kb(pid), log_size(log_path))
         )
         await asyncio.sleep(SAMPLE_INTERVAL)
 
@@ -346,6 +356,7 @@ def server_window(samples: list[ServerSample], start: float, end: float) -> dict
     return {
         "cpu_percent": (inside[-1].cpu - inside[0].cpu) / seconds * 100,
         "fds_max": max(s.fds for s in inside),
+        "rss_max_mb": max(s.rss_kb for s in inside) / 1024,
         "log_bytes_per_s": (inside[-1].log_bytes - inside[0].log_bytes) / seconds,
     }
 
@@ -511,6 +522,7 @@ def print_result(result: dict) -> None:
         if server:
             print(
                 f"  server   CPU {server['cpu_percent']:.0f}%  open files max {server['fds_max']}"
+                f"  RSS max {server['rss_max_mb']:.0f} MB"
                 f"  log {server['log_bytes_per_s'] / 1024:.1f} KiB/s"
             )
     if "attack" in result:
@@ -534,6 +546,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slow-headers", type=int, default=1100, help="slow request-head connections")
     parser.add_argument("--slow-bodies", type=int, default=1000, help="slow request-body connections")
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between an attacker's pieces")
+    parser.add_argument(
+        "--slow-body-length", type=int, default=1_000_000, help="Content-Length the slow bodies declare"
+    )
     parser.add_argument("--baseline", type=float, default=10.0, help="seconds measured before the attack")
     parser.add_argument("--ramp", type=float, default=5.0, help="seconds of attack before the measured ones")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds measured under attack")
