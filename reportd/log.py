@@ -6,17 +6,27 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import IO, Any
 
 import structlog
 
-# Each kind of warning or error (see similarity_key) is written at most this often...
+# Each kind of warning or error (see RateLimiter) is written at most this often...
 BURST = 10
 # ...per this many seconds; what is held back is counted in one line when the interval ends.
 INTERVAL = 10.0
 SUMMARY_EVENT = "log_messages_suppressed"
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
 
 
 def configure_logging(
@@ -25,6 +35,7 @@ def configure_logging(
     """Route structlog and the stdlib (aiohttp's and asyncio's loggers) through one stdout handler."""
     if fmt == "auto":
         fmt = "console" if sys.stdout.isatty() else "json"
+    limiter = RateLimiter(burst=burst, interval=interval)
     shared = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -39,6 +50,8 @@ def configure_logging(
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
+            # Before the costly processors: a flood of one event costs little to drop.
+            limiter.drop_held_back,
             *shared,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
@@ -48,7 +61,7 @@ def configure_logging(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = RateLimitedHandler(sys.stdout, burst=burst, interval=interval)
+    handler = RateLimitedHandler(sys.stdout, limiter)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             # A stdlib record's exc_info is a (type, value, traceback) tuple, which the JSON
@@ -71,23 +84,7 @@ def report_suppressed_logs() -> None:
     """Write the summary line of every kind of message whose interval has ended."""
     for handler in logging.getLogger().handlers:
         if isinstance(handler, RateLimitedHandler):
-            handler.report_suppressed()
-
-
-def similarity_key(record: logging.LogRecord) -> tuple[Any, ...]:
-    """What makes two records "the same message" for rate limiting.
-
-    A structlog event: its logger, level, event name and its ``message`` field if
-    it has one (the event loop's errors, whose message says what failed). A stdlib
-    record (aiohttp, asyncio): its logger, level and format string before its
-    arguments are filled in, so "Error handling request from %s" is one kind
-    whatever the address.
-    """
-    msg = record.msg
-    if isinstance(msg, dict):  # structlog's event dict, through ProcessorFormatter.wrap_for_formatter
-        message = msg.get("message")
-        return (record.name, record.levelno, msg.get("event"), message if isinstance(message, str) else None)
-    return (record.name, record.levelno, str(msg), None)
+            handler.limiter.report()
 
 
 @dataclass
@@ -97,77 +94,76 @@ class _Window:
     suppressed: int = 0
 
 
-class RateLimitedHandler(logging.StreamHandler):
-    """A stream handler that writes each kind of warning or error ``burst`` times per ``interval``.
+class RateLimiter:
+    """Lets each kind of warning or error through ``burst`` times per ``interval``.
 
     One misbehaving client, or the event loop failing the same way in a tight loop,
-    otherwise writes thousands of identical lines a second: measured, 157 MB of
-    "socket.accept() out of system resource" in 31 s. Records below WARNING pass
-    untouched (``report_accepted`` is one line per report, on purpose). A held-back
-    kind gets one ``log_messages_suppressed`` line, with the count, when its interval
-    ends: on its next record, from :func:`report_suppressed_logs`, or at exit.
+    otherwise writes thousands of identical lines a second: measured, 111 MB of
+    "socket.accept() out of system resource" in 30 s. Below WARNING nothing is held
+    back (``report_accepted`` is one line per report, on purpose). A held-back kind
+    gets one ``log_messages_suppressed`` line, with the count, when its interval
+    ends: on its next message, from :func:`report_suppressed_logs`, or at exit.
+
+    A kind is a logger, a level, and for a structlog event its name and its
+    ``message`` field if it has one (the event loop's errors, whose message says
+    what failed); for a stdlib record (aiohttp, asyncio) its format string before
+    its arguments are filled in, so "Error handling request from %s" is one kind
+    whatever the address.
     """
 
-    def __init__(
-        self,
-        stream: IO[str],
-        *,
-        burst: int = BURST,
-        interval: float = INTERVAL,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        super().__init__(stream)
+    def __init__(self, *, burst: int, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.burst = burst
         self.interval = interval
         self.clock = clock
         self._windows: dict[tuple[Any, ...], _Window] = {}
-        # Not Handler.lock: the summaries are written through the logging machinery,
-        # which takes that one.
-        self._windows_lock = threading.Lock()
+        # Records come from the SQLite writer's thread too.
+        self._lock = threading.Lock()
 
-    def handle(self, record: logging.LogRecord) -> logging.LogRecord | bool:
-        if record.levelno < logging.WARNING or _is_summary(record):
-            return super().handle(record)
-        key = similarity_key(record)
+    def allow(self, key: tuple[Any, ...]) -> bool:
         now = self.clock()
-        ended = None
-        with self._windows_lock:
+        ended = 0
+        with self._lock:
             window = self._windows.get(key)
             if window is None or now - window.started >= self.interval:
-                if window is not None and window.suppressed:
-                    ended = (key, window.suppressed)
+                if window is not None:
+                    ended = window.suppressed
                 window = self._windows[key] = _Window(now)
             window.passed += 1
             allowed = window.passed <= self.burst
             if not allowed:
                 window.suppressed += 1
-        if ended is not None:
-            self._write_summary(*ended)
-        return super().handle(record) if allowed else False
+        if ended:
+            self._write_summary(key, ended)
+        return allowed
 
-    def report_suppressed(self) -> None:
-        """Summaries of the kinds whose interval has ended; forgets those windows."""
+    def drop_held_back(
+        self, logger: logging.Logger, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        """structlog processor: drops an event of a kind that is being held back."""
+        level = _LEVELS.get(method_name, logging.INFO)
+        event = event_dict.get("event")
+        if level < logging.WARNING or event == SUMMARY_EVENT:
+            return event_dict
+        message = event_dict.get("message")
+        key = (logger.name, level, event, message if isinstance(message, str) else None)
+        if not self.allow(key):
+            raise structlog.DropEvent
+        return event_dict
+
+    def report(self, *, everything: bool = False) -> None:
+        """Summaries of the kinds whose interval has ended (``everything``: of all); forgets them."""
         now = self.clock()
-        with self._windows_lock:
+        with self._lock:
             ended = [
                 (key, window.suppressed)
                 for key, window in self._windows.items()
-                if now - window.started >= self.interval
+                if everything or now - window.started >= self.interval
             ]
             for key, _ in ended:
                 del self._windows[key]
         for key, suppressed in ended:
             if suppressed:
                 self._write_summary(key, suppressed)
-
-    def close(self) -> None:
-        # logging.shutdown() closes handlers at exit: the last counts are not lost.
-        with self._windows_lock:
-            pending = [(key, w.suppressed) for key, w in self._windows.items() if w.suppressed]
-            self._windows.clear()
-        for key, suppressed in pending:
-            self._write_summary(key, suppressed)
-        super().close()
 
     def _write_summary(self, key: tuple[Any, ...], suppressed: int) -> None:
         name, level, similar_to, message = key
@@ -185,5 +181,24 @@ class RateLimitedHandler(logging.StreamHandler):
         )
 
 
-def _is_summary(record: logging.LogRecord) -> bool:
-    return isinstance(record.msg, dict) and record.msg.get("event") == SUMMARY_EVENT
+class RateLimitedHandler(logging.StreamHandler):
+    """A stream handler whose stdlib records go through a :class:`RateLimiter`.
+
+    structlog's events were limited in its processor chain already (their
+    ``record.msg`` is the event dict).
+    """
+
+    def __init__(self, stream: IO[str], limiter: RateLimiter) -> None:
+        super().__init__(stream)
+        self.limiter = limiter
+
+    def handle(self, record: logging.LogRecord) -> logging.LogRecord | bool:
+        limited = record.levelno >= logging.WARNING and not isinstance(record.msg, dict)
+        if limited and not self.limiter.allow((record.name, record.levelno, str(record.msg), None)):
+            return False
+        return super().handle(record)
+
+    def close(self) -> None:
+        # logging.shutdown() closes handlers at exit: the last counts are not lost.
+        self.limiter.report(everything=True)
+        super().close()
