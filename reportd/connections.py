@@ -11,9 +11,9 @@ So reportd accepts connections itself (:class:`ConnectionGuard`) and hands each
 one to aiohttp's protocol through a :class:`Connection` that knows which phase
 it is in. A request head late by ``header_timeout`` is cut; at
 ``max_connections`` the connection that has waited longest for its head (or
-idled longest between requests) is closed to make room, then one whose body
-is slower than ``min_body_rate``; with none of those, accepting pauses until a
-connection closes, instead of spinning. Request bodies are paced by
+idled longest between requests) is closed to make room, else one whose request
+body arrives slower than ``min_body_rate``; with none of those, accepting
+pauses until a connection closes, instead of spinning. Request bodies are paced by
 :class:`BodyPace`, which :func:`reportd.web.read_body` uses.
 """
 
@@ -28,10 +28,13 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
-from aiohttp import web
+from aiohttp import StreamReader, web
+
+if TYPE_CHECKING:
+    from reportd.config import Config
 
 log = structlog.get_logger("reportd.connections")
 
@@ -69,13 +72,13 @@ class Phase(Enum):
 
 @dataclass(frozen=True)
 class Limits:
-    max_connections: int = 1000
-    header_timeout: float = 10.0
-    body_timeout_base: float = 10.0
-    min_body_rate: int = 64 * 1024
+    max_connections: int
+    header_timeout: float
+    body_timeout_base: float
+    min_body_rate: int  # bytes per second
 
     @classmethod
-    def from_config(cls, config: Any) -> Limits:
+    def from_config(cls, config: Config) -> Limits:
         return cls(
             max_connections=config.max_connections,
             header_timeout=config.header_timeout,
@@ -138,6 +141,7 @@ class Connection(asyncio.Protocol):
     """
 
     __slots__ = (
+        "body",
         "bytes_received",
         "cut_reason",
         "guard",
@@ -148,6 +152,7 @@ class Connection(asyncio.Protocol):
         "released",
         "request_bytes_mark",
         "since",
+        "task",
         "timer",
         "transport",
     )
@@ -161,6 +166,8 @@ class Connection(asyncio.Protocol):
         self.since = now
         self.bytes_received = 0
         self.request_bytes_mark = 0
+        self.body: StreamReader | None = None  # of the request being handled
+        self.task: asyncio.Task | None = None  # handling it
         self.timer: asyncio.TimerHandle | None = None
         self.opening: asyncio.Task | None = None
         self.cut_reason: str | None = None
@@ -292,9 +299,15 @@ class ConnectionGuard:
             self._resume_handle = self._loop.call_later(delay, self._resume_accepting)
 
     def _accept(self, listener: socket.socket) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
         for _ in range(ACCEPT_BATCH):
-            if self.open >= self.limits.max_connections and not self._make_room():
-                return
+            victim = None
+            if self.open >= self.limits.max_connections:
+                victim = self._eviction_candidate(now)
+                if victim is None:
+                    self._wait_for_room(now)
+                    return
             try:
                 sock, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -306,9 +319,12 @@ class ConnectionGuard:
                 self._accept_failed(error)
                 return
             self._backoff = ACCEPT_BACKOFF_INITIAL
+            # Only now that someone is known to be waiting for it.
+            self._evict(victim)
             self._open(sock, peer)
 
     def _accept_failed(self, error: OSError) -> None:
+        assert self._loop is not None
         delay = self._backoff
         self._backoff = min(self._backoff * 2, ACCEPT_BACKOFF_MAX)
         out_of_resources = error.errno in _OUT_OF_RESOURCES
@@ -320,20 +336,16 @@ class ConnectionGuard:
             retry_seconds=delay,
         )
         if out_of_resources:
-            # Another connection's file is this one's only sure way in.
-            self._evict(self._eviction_candidate(self._loop.time(), min_age=0.0))
+            # Another connection's file is the surest way in for the next one.
+            self._evict(self._eviction_candidate(self._loop.time()))
         self._pause_accepting("backoff", delay)
 
-    def _make_room(self) -> bool:
-        """At the cap: close one connection for a new one, else pause accepting; True if room was made."""
-        assert self._loop is not None
-        now = self._loop.time()
-        victim = self._eviction_candidate(now)
-        if victim is not None:
-            self._evict(victim)
-            return True
-        # Woken by a connection that closes, or when the oldest one waiting for its head
-        # (or idle) is old enough, or to look again for a body fallen behind its rate.
+    def _wait_for_room(self, now: float) -> None:
+        """At the cap with no connection to close: stop accepting until there may be one.
+
+        Woken by a connection that closes, or when the oldest one waiting for its head
+        (or idle) is old enough, or to look again for a body fallen behind its rate.
+        """
         waiting = self._oldest_waiting()
         delay = EVICTION_MIN_AGE if waiting is None else waiting.since + EVICTION_MIN_AGE - now
         if not self._limit_logged:
@@ -342,7 +354,6 @@ class ConnectionGuard:
                 "connection_limit_reached", max_connections=self.limits.max_connections, open=self.open
             )
         self._pause_accepting("limit", max(0.0, delay))
-        return False
 
     def _oldest_waiting(self) -> Connection | None:
         """The connection that has waited longest for a request head, or idled longest."""
@@ -353,17 +364,26 @@ class ConnectionGuard:
                 oldest = first
         return oldest
 
-    def _eviction_candidate(self, now: float, min_age: float = EVICTION_MIN_AGE) -> Connection | None:
-        """The oldest connection waiting for a head or idle, else the oldest body behind its rate."""
+    def _eviction_candidate(self, now: float) -> Connection | None:
+        """The oldest connection waiting for a head or idle, else the oldest request whose
+        body is arriving slower than ``min_body_rate``.
+
+        A request is judged by its body whether or not the application reads it yet:
+        one waiting for body memory (reportd.parsing.ByteBudget) holds its connection
+        as surely as one being read.
+        """
         oldest = self._oldest_waiting()
-        if oldest is not None and now - oldest.since >= min_age:
+        if oldest is not None and now - oldest.since >= EVICTION_MIN_AGE:
             return oldest
-        for conn in self._phases[Phase.BODY]:
-            elapsed = now - conn.since
-            if elapsed <= 0 or elapsed < min_age:
-                break  # the rest started later still
-            if (conn.bytes_received - conn.request_bytes_mark) / elapsed < self.limits.min_body_rate:
-                return conn
+        for phase in (Phase.BODY, Phase.REQUEST):
+            for conn in self._phases[phase]:
+                elapsed = now - conn.since
+                if elapsed < EVICTION_MIN_AGE:
+                    break  # the rest entered the phase later still
+                if conn.body is None or conn.body.is_eof():
+                    continue
+                if (conn.bytes_received - conn.request_bytes_mark) / elapsed < self.limits.min_body_rate:
+                    return conn
         return None
 
     def _evict(self, conn: Connection | None) -> None:
@@ -402,7 +422,7 @@ class ConnectionGuard:
             pass  # cut, or the server is stopping; asyncio closed the socket
         except Exception as error:
             # Debug, as asyncio itself does: scanners and health checks fail handshakes all day.
-            log.debug("tls_handshake_failed", remote=conn.remote, error=str(error) or type(error).__name__)
+            log.debug("connection_setup_failed", remote=conn.remote, error=str(error) or type(error).__name__)
         finally:
             conn.opening = None
             if conn.transport is None:
@@ -410,7 +430,7 @@ class ConnectionGuard:
 
     # -- phases -----------------------------------------------------------------------
     def _opened(self, conn: Connection) -> None:
-        self._by_transport[conn.transport] = conn  # type: ignore[index]
+        self._by_transport[conn.transport] = conn
 
     def _enter(self, conn: Connection, phase: Phase) -> None:
         assert self._loop is not None
@@ -446,6 +466,11 @@ class ConnectionGuard:
             conn.transport.abort()
         elif conn.opening is not None:
             conn.opening.cancel()
+        if conn.phase is Phase.REQUEST and conn.task is not None and not conn.body.is_eof():
+            # Its body never came, so nothing of it was acted on; stop the handler
+            # waiting (for body memory, say) on behalf of a client that is gone.
+            # (Reading a body, it ends by itself: the read fails.)
+            conn.task.cancel()
         # The slot is free now; the file is closed on the loop's next pass.
         self._release(conn)
 
@@ -484,6 +509,7 @@ class ConnectionGuard:
             # counting from the previous one would credit this body with that one's.
             conn.request_bytes_mark = conn.bytes_received
         self._enter(conn, Phase.REQUEST)
+        conn.body, conn.task = request.content, asyncio.current_task()
         try:
             return await handler(request)
         except web.HTTPRequestTimeout as timeout:
@@ -503,6 +529,7 @@ class ConnectionGuard:
                 )
             raise web.HTTPRequestTimeout() from None
         finally:
+            conn.body = conn.task = None
             if conn.cut_reason is None:
                 self._enter(conn, Phase.IDLE)
 

@@ -383,3 +383,62 @@ def test_the_systemd_unit_has_room_for_the_default_cap():
     unit = (Path(__file__).parents[1] / "systemd" / "reportd.service").read_text()
     (limit,) = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("LimitNOFILE=")]
     assert int(limit) >= int(CORE_SETTINGS["max_connections"].default) + FD_RESERVE
+
+
+# A server out of file descriptors long before its cap (64 open files, cap 10,000): what
+# asyncio's own accept loop answered with a flood of log lines and a busy loop.
+OUT_OF_FILES_SERVER = """
+import asyncio, resource, sys
+from aiohttp import web
+from reportd.connections import ConnectionGuard, Limits
+from reportd.log import configure_logging
+
+async def health(request):
+    return web.json_response({"status": "ok"})
+
+async def main():
+    configure_logging("info", "json")
+    app = web.Application()
+    app.router.add_get("/healthz", health)
+    guard = ConnectionGuard(Limits(max_connections=10_000, header_timeout=60.0, body_timeout_base=10.0,
+                                   min_body_rate=65536))
+    guard.install(app)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    [(_, port)] = await guard.start(runner.server, "127.0.0.1", 0)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    print(port, file=sys.stderr, flush=True)
+    await asyncio.sleep(float(sys.argv[1]))
+    guard.stop()
+    await runner.cleanup()
+
+asyncio.run(main())
+"""
+
+
+async def test_out_of_files_the_accept_loop_backs_off_and_makes_room_instead_of_spinning():
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", OUT_OF_FILES_SERVER, "6",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    port = int(await asyncio.wait_for(server.stderr.readline(), 20))
+    held = []
+    for _ in range(100):  # far more than 64 files
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(PARTIAL_HEAD)
+        held.append((reader, writer))
+    await asyncio.sleep(1.0)
+    cpu_before, at = cpu_seconds(server.pid), time.monotonic()
+    await asyncio.sleep(2.0)
+    cpu = (cpu_seconds(server.pid) - cpu_before) / (time.monotonic() - at)
+    # Out of files, the oldest connection waiting for its head made room for this one.
+    assert await get_health(f"http://127.0.0.1:{port}") == 200
+    output, _ = await asyncio.wait_for(server.communicate(), 20)
+    for _, writer in held:
+        writer.close()
+    assert server.returncode == 0
+    lines = [orjson.loads(line) for line in output.splitlines()]
+    failed = [line for line in lines if line["event"] == "accept_failed"]
+    assert 1 <= len(failed) <= 10 and failed[0]["errno"] == "EMFILE", failed
+    assert cpu < 0.2, f"the server used {cpu:.0%} of a CPU"
+    assert len(lines) <= 40, [line["event"] for line in lines]
