@@ -313,6 +313,43 @@ async def test_at_the_cap_with_no_connection_to_close_new_ones_wait_without_spin
         writer.close()
 
 
+async def test_at_the_cap_requests_waiting_for_body_memory_with_trickling_bodies_make_room(
+    daemon_factory, tmp_path
+):
+    # Room in body_memory for one 60 kB body at a time: the others wait for it before
+    # their body is read, each holding a connection.
+    ini = "max_connections = 10\nbody_memory = 64KiB\nmin_body_rate = 1KiB\nbody_timeout_base = 30s\n"
+    daemon = daemon_factory(ini_for(tmp_path, ini)).start()
+    clients, drips = [], []
+    for index in range(10):
+        path, _ = unique_report()
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+        writer.write(
+            f"PUT {path} HTTP/1.1\r\nHost: reportd.example.test\r\nContent-Type: application/json\r\n"
+            "Content-Length: 60000\r\n\r\n".encode()
+        )
+        # The first, being read, keeps up with min_body_rate; those waiting trickle.
+        drips.append(asyncio.create_task(drip(writer, b" " * (1024 if index == 0 else 10), 0.2)))
+        clients.append((reader, writer))
+        if index == 0:
+            await asyncio.sleep(0.3)
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    assert await get_health(daemon.url) == 200
+    assert time.monotonic() - started < 2.0
+    assert await closed_by_server(clients[0][0], 0.01) is None, "the body keeping up is still being read"
+    for task in drips:
+        task.cancel()
+    for _, writer in clients:
+        writer.close()
+    await asyncio.sleep(0.2)  # the closes go out before stop() blocks this loop
+    assert daemon.stop() == 0
+    lines = log_lines(daemon)
+    evicted = [line for line in lines if line["event"] == "connection_evicted"]
+    assert [line["phase"] for line in evicted] == ["request"], evicted
+    assert not [line for line in lines if line["level"] == "error"], lines
+
+
 # -- open file limit --------------------------------------------------------------------------
 
 
