@@ -589,6 +589,10 @@ class BodyPace:
     def seconds(self) -> float:
         return self.loop.time() - self.started
 
+    def cut_by_reportd(self) -> bool:
+        """Whether the guard closed this connection (it logged why)."""
+        return self.conn is not None and self.conn.cut_reason is not None
+
     def done(self) -> None:
         if self.guard is not None and self.conn is not None:
             self.guard.body_done(self.conn)

@@ -106,6 +106,15 @@ class BodyTimeout(web.HTTPRequestTimeout):
         self.force_close()
 
 
+class BodyInterrupted(web.HTTPBadRequest):
+    """The connection ended before the body did (the client left, or reportd cut it).
+
+    An HTTP error rather than the ConnectionResetError aiohttp raises, which is an
+    OSError, as the storage's faults are: the client's leaving is no fault of the
+    storage's. No one is left to read the answer.
+    """
+
+
 async def read_body(request: web.Request, limit: int, share: Share | None = None) -> bytes:
     """The request body (already gunzipped by aiohttp), refusing more than ``limit`` bytes.
 
@@ -116,7 +125,8 @@ async def read_body(request: web.Request, limit: int, share: Share | None = None
     plus its bytes so far at ``min_body_rate``: a client that trickles a body would
     otherwise hold its connection, and this request, for as long as it likes. Time
     waiting here for the budget counts too, so that bodies which each wait for
-    another's share cannot hold each other forever.
+    another's share cannot hold each other forever. Raises :class:`BodyInterrupted`
+    when the connection ends first.
     """
     if request.content_length is not None and request.content_length > limit and not _encoded(request):
         raise BodyTooLarge
@@ -139,6 +149,15 @@ async def read_body(request: web.Request, limit: int, share: Share | None = None
                     min_body_rate=config.min_body_rate,
                 )
                 raise BodyTimeout(received, seconds) from None
+            except ConnectionError:
+                if not pace.cut_by_reportd():
+                    log.warning(
+                        "client_disconnected",
+                        path=request.path,
+                        remote=request.remote,
+                        bytes=pace.received(len(chunks)),
+                    )
+                raise BodyInterrupted() from None
             if not chunk:
                 return bytes(chunks)
             if len(chunks) + len(chunk) > limit:
