@@ -252,8 +252,9 @@ async def test_at_the_cap_agents_are_served_while_slow_heads_hold_twice_as_many(
             started = time.monotonic()
             assert await get_health(daemon.url) == 200
             assert await put_report(daemon.url) == 200
-            assert time.monotonic() - started < 2.0
-            assert client_sockets(pid) <= 20 + 1  # the cap, and an evicted one not closed yet
+            assert time.monotonic() - started < 3.0
+            # The cap, and those just evicted whose files close on the loop's next pass.
+            assert client_sockets(pid) <= 20 + 5
         await asyncio.sleep(max(0.0, 3.0 - (time.monotonic() - at)))
         cpu = (cpu_seconds(pid) - cpu_before) / (time.monotonic() - at)
     finally:
