@@ -2,10 +2,12 @@
 
 aiohttp bounds neither how many connections are open nor how long a request
 head or body may take to arrive, and asyncio's accept loop, out of file
-descriptors, logs and retries in a tight loop. Measured against an earlier
-reportd: 1,100 connections each sending a header line every 5 s ran it out of
-its 1,024 files; /healthz timed out for as long as they stayed, while asyncio
-logged "socket.accept() out of system resource" 18,000 times a second.
+descriptors, logs and retries in a tight loop. Measured with bench/connections.py
+against the reportd before this module, at systemd's default soft limit of 1,024
+files: 1,100 slow-header and 1,000 slow-body connections held it at 99% CPU,
+118 of 150 /healthz probes timed out, and asyncio wrote "socket.accept() out of
+system resource" 10,800 times a second (111 MB of log in 30 s). With a high
+limit, the same connections stayed open for as long as the attacker liked.
 
 So reportd accepts connections itself (:class:`ConnectionGuard`) and hands each
 one to aiohttp's protocol through a :class:`Connection` that knows which phase
@@ -54,11 +56,12 @@ LISTEN_BACKLOG = 4096
 ACCEPT_BACKOFF_INITIAL = 0.01
 ACCEPT_BACKOFF_MAX = 1.0
 # At the cap, a connection is closed to make room only once it has been in its phase
-# (waiting for a head, idle, or sending its body slower than min_body_rate) this long:
-# a healthy client's head, on its way, is not cut, and an attacker that reconnects as
-# fast as it is cut makes reportd accept and close at most max_connections / this
-# many connections a second. Healthy clients wait in the listen backlog behind the
-# attacker's surplus, about (surplus / max_connections) * this long.
+# (waiting for a head, idle, or sending its body slower than min_body_rate) this long,
+# so a healthy client whose head is on its way over a slow link (a TLS handshake is two
+# round trips first) is not cut, and an attacker that reconnects as fast as it is cut
+# makes reportd accept and close at most max_connections / this many a second. Healthy
+# clients meanwhile wait in the listen backlog behind the attacker's surplus, which
+# drains at that rate: shorter is quicker for them on a fast network, riskier on a slow one.
 EVICTION_MIN_AGE = 0.25
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
