@@ -95,6 +95,16 @@ async def drip(writer: asyncio.StreamWriter, piece: bytes, interval: float) -> N
         pass
 
 
+async def close(*writers: asyncio.StreamWriter) -> None:
+    """Close and wait: a socket whose close is still pending when the test's loop ends is
+    reported unclosed (a ResourceWarning) in whichever test runs next."""
+    for writer in writers:
+        writer.close()
+    for writer in writers:
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await writer.wait_closed()
+
+
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
@@ -143,7 +153,7 @@ async def test_a_request_head_sent_slowly_is_cut_after_header_timeout(daemon_fac
     answer = await closed_by_server(reader, 5.0)
     elapsed = time.monotonic() - started
     dripping.cancel()
-    writer.close()
+    await close(writer)
     assert answer == b"", "cut without an answer"
     assert 0.9 <= elapsed <= 2.5, elapsed
     events = [line for line in log_lines(daemon) if line["event"] == "request_head_timeout"]
@@ -166,8 +176,7 @@ async def test_a_connection_that_sends_nothing_is_cut_but_an_idle_keep_alive_one
     await asyncio.sleep(0.5)
     writer.write(request)
     assert await read_response(reader) == (200, b'{"status":"ok"}')
-    writer.close()
-    silent_writer.close()
+    await close(writer, silent_writer)
 
 
 # -- request bodies ---------------------------------------------------------------------------
@@ -190,7 +199,7 @@ async def test_a_slow_body_is_cut_with_408_while_an_agent_is_served(daemon_facto
     answer = await closed_by_server(reader, 5.0)
     elapsed = time.monotonic() - started
     dripping.cancel()
-    writer.close()
+    await close(writer)
     assert answer is not None, "the slow body is still being read"
     assert 0.9 <= elapsed <= 2.5, elapsed
     if answer:  # writable when it was cut: a 408 and its JSON body, then closed
@@ -216,7 +225,7 @@ async def test_a_body_sent_at_the_floor_rate_is_not_cut(daemon_factory, tmp_path
         await writer.drain()
         await asyncio.sleep(0.1)
     status, answer = await asyncio.wait_for(read_response(reader), 5)
-    writer.close()
+    await close(writer)
     assert (status, orjson.loads(answer)) == (200, ["store"])
 
 
@@ -242,7 +251,7 @@ async def test_at_the_cap_agents_are_served_while_slow_heads_hold_twice_as_many(
             while not stop.is_set() and await closed_by_server(reader, 0.2) is None:
                 pass
             cut += not stop.is_set()
-            writer.close()
+            await close(writer)
 
     attackers = [asyncio.create_task(attacker()) for _ in range(40)]
     try:
@@ -310,8 +319,7 @@ async def test_at_the_cap_with_no_connection_to_close_new_ones_wait_without_spin
     assert await asyncio.wait_for(read_response(waiting[0][0]), 3) == (200, b'{"status":"ok"}')
     for task in drips:
         task.cancel()
-    for _, writer in writers + waiting:
-        writer.close()
+    await close(*(writer for _, writer in writers + waiting))
 
 
 async def test_at_the_cap_requests_waiting_for_body_memory_with_trickling_bodies_make_room(
@@ -341,9 +349,7 @@ async def test_at_the_cap_requests_waiting_for_body_memory_with_trickling_bodies
     assert await closed_by_server(clients[0][0], 0.01) is None, "the body keeping up is still being read"
     for task in drips:
         task.cancel()
-    for _, writer in clients:
-        writer.close()
-    await asyncio.sleep(0.2)  # the closes go out before stop() blocks this loop
+    await close(*(writer for _, writer in clients))  # before stop() blocks this loop
     assert daemon.stop() == 0
     lines = log_lines(daemon)
     evicted = [line for line in lines if line["event"] == "connection_evicted"]
@@ -409,12 +415,12 @@ async def test_over_tls_a_stalled_handshake_is_cut_after_header_timeout(daemon_f
     assert await put_report(daemon.url, ssl_context=client) == 200
     assert await closed_by_server(reader, 4.0) == b""
     assert 0.9 <= time.monotonic() - started <= 2.5
-    writer.close()
+    await close(writer)
     # A TLS connection whose head stalls after the handshake is cut as well.
     reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port, ssl=client)
     writer.write(PARTIAL_HEAD)
     assert await closed_by_server(reader, 4.0) == b""
-    writer.close()
+    await close(writer)
 
 
 def test_the_systemd_unit_has_room_for_the_default_cap():
@@ -472,8 +478,7 @@ async def test_out_of_files_the_accept_loop_backs_off_and_makes_room_instead_of_
     # Out of files, the oldest connection waiting for its head made room for this one.
     assert await get_health(f"http://127.0.0.1:{port}") == 200
     output, _ = await asyncio.wait_for(server.communicate(), 20)
-    for _, writer in held:
-        writer.close()
+    await close(*(writer for _, writer in held))
     assert server.returncode == 0
     lines = [orjson.loads(line) for line in output.splitlines()]
     failed = [line for line in lines if line["event"] == "accept_failed"]
