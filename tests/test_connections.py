@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import ssl
-import subprocess
 import sys
 import time
 import uuid
@@ -27,12 +27,6 @@ REPORT = orjson.loads(sample("agent-changes.json"))
 CLIENT_TIMEOUT = 5.0
 # A partial request head: the blank line that would end it never comes.
 PARTIAL_HEAD = b"GET /healthz HTTP/1.1\r\nHost: reportd.example.test\r\n"
-# Starts a program with another RLIMIT_NOFILE, as systemd's LimitNOFILE= or `ulimit -n` would.
-WITH_OPEN_FILE_LIMIT = (
-    "import os, resource, sys; "
-    "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2]))); "
-    "os.execv(sys.argv[3], sys.argv[3:])"
-)
 
 
 def unique_report() -> tuple[str, bytes]:
@@ -128,17 +122,6 @@ def client_sockets(pid: int) -> int:
 
 def log_lines(daemon: Daemon) -> list[dict]:
     return [orjson.loads(line) for line in daemon.log_path.read_bytes().splitlines() if line.startswith(b"{")]
-
-
-def start_with_open_file_limit(daemon: Daemon, soft: int, hard: int) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "reportd", "--config", str(daemon.config_path), "serve",
-            "--listen", f"127.0.0.1:{daemon.port}"]  # fmt: skip
-    with daemon.log_path.open("ab") as log:
-        daemon.process = subprocess.Popen(
-            [sys.executable, "-c", WITH_OPEN_FILE_LIMIT, str(soft), str(hard), *argv],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-    return daemon.process
 
 
 # -- request heads ----------------------------------------------------------------------------
@@ -360,28 +343,30 @@ async def test_at_the_cap_requests_waiting_for_body_memory_with_trickling_bodies
 # -- open file limit --------------------------------------------------------------------------
 
 
+def open_file_limit(soft: int, hard: int):
+    """For Daemon.start(preexec_fn=...): the limit systemd's LimitNOFILE= or `ulimit -n` would set."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return limit
+
+
 def test_the_soft_open_file_limit_is_raised_to_the_hard_one(daemon_factory, tmp_path):
     daemon = daemon_factory(ini_for(tmp_path))
-    process = start_with_open_file_limit(daemon, 1024, 4096)  # systemd's default soft limit
-    deadline = time.monotonic() + 20
-    while b'"event": "listening"' not in daemon.log_path.read_bytes():
-        assert process.poll() is None and time.monotonic() < deadline, daemon.log_path.read_text()
-        time.sleep(0.05)
-    limits = Path(f"/proc/{process.pid}/limits").read_text()
-    assert next(line for line in limits.splitlines() if line.startswith("Max open files")).split()[3:5] == [
-        "4096",
-        "4096",
-    ]
+    daemon.start(preexec_fn=open_file_limit(1024, 4096))  # systemd's default soft limit
+    limits = Path(f"/proc/{daemon.process.pid}/limits").read_text()
+    line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+    assert line.split()[3:5] == ["4096", "4096"]
 
 
 def test_serve_refuses_to_start_when_max_connections_does_not_fit_the_open_file_limit(
     daemon_factory, tmp_path
 ):
     daemon = daemon_factory(ini_for(tmp_path, "max_connections = 1000\n"))
-    process = start_with_open_file_limit(daemon, 1024, 1024)
-    assert process.wait(20) == 1
-    output = daemon.log_path.read_text().strip().splitlines()
-    assert output == [
+    with pytest.raises(RuntimeError, match="reportd exited 1"):
+        daemon.start(preexec_fn=open_file_limit(1024, 1024))
+    assert daemon.log_path.read_text().strip().splitlines() == [
         "Error: max_connections = 1000 needs 1256 open files (256 more for the database and files),"
         " but the limit is 1024: lower max_connections or raise the limit (LimitNOFILE= in the systemd"
         " unit, ulimit -n)"
