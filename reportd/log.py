@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 # Each kind of warning or error (see RateLimiter) is written at most this often...
 BURST = 10
@@ -78,6 +79,9 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestsAsWarnings) for f in server.filters):
+        server.addFilter(MalformedRequestsAsWarnings())
 
 
 def report_suppressed_logs() -> None:
@@ -179,6 +183,27 @@ class RateLimiter:
             seconds=self.interval,
             **fields,
         )
+
+
+class MalformedRequestsAsWarnings(logging.Filter):
+    """aiohttp's "Error handling request" for a request its parser refused: a warning
+    naming what was wrong, without the traceback.
+
+    A client that sends garbage (a bad header byte, an oversized line) is answered 400;
+    the parser's stack says nothing about it, and an error with a traceback reads as
+    reportd's own fault. Other errors keep their level and traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError) and record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            if isinstance(record.args, tuple):
+                detail = str(error.message or error).strip().splitlines()
+                record.msg = f"{record.msg}: %s"
+                record.args = (*record.args, detail[0] if detail else type(error).__name__)
+            record.exc_info = record.exc_text = None
+        return True
 
 
 class RateLimitedHandler(logging.StreamHandler):

@@ -92,6 +92,32 @@ def test_console_renders_exc_info_as_a_traceback_from_structlog_and_from_the_std
         assert "[error" in line, line
 
 
+def test_a_request_aiohttp_refused_as_malformed_is_a_warning_without_a_traceback():
+    output = run(
+        """
+from aiohttp.http_exceptions import BadHttpMessage
+try:
+    raise BadHttpMessage("Invalid header value char:\\n\\n  b'X-Probe: \\\\x00'")
+except BadHttpMessage:
+    aiohttp_server.exception("Error handling request from %s", "192.0.2.7")
+try:
+    fail = 1 / 0
+except ZeroDivisionError:
+    aiohttp_server.exception("Error handling request from %s", "192.0.2.8")
+""",
+        "json",
+    )
+    malformed, failed = json_lines(output)
+    assert malformed == {
+        "event": "Error handling request from 192.0.2.7: Invalid header value char:",
+        "level": "warning",
+        "logger": "aiohttp.server",
+        "timestamp": malformed["timestamp"],
+    }
+    # reportd's own failures keep their level and traceback.
+    assert failed["level"] == "error" and failed["exception"].endswith("ZeroDivisionError: division by zero")
+
+
 FLOOD = """
 loop = asyncio.new_event_loop()
 loop.set_exception_handler(log_loop_exception)
