@@ -155,7 +155,6 @@ class Connection(asyncio.Protocol):
         "released",
         "request_bytes_mark",
         "since",
-        "task",
         "timer",
         "transport",
     )
@@ -170,7 +169,6 @@ class Connection(asyncio.Protocol):
         self.bytes_received = 0
         self.request_bytes_mark = 0
         self.body: StreamReader | None = None  # of the request being handled
-        self.task: asyncio.Task | None = None  # handling it
         self.timer: asyncio.TimerHandle | None = None
         self.opening: asyncio.Task | None = None
         self.cut_reason: str | None = None
@@ -213,6 +211,9 @@ class Connection(asyncio.Protocol):
 
 
 CONNECTIONS: web.AppKey[ConnectionGuard] = web.AppKey("connections", "ConnectionGuard")
+# The request's connection, kept with the request: its transport may be gone before
+# read_body asks (a connection cut while its request waited for body memory).
+CONNECTION = web.RequestKey("connection", Connection) if hasattr(web, "RequestKey") else "connection"
 
 
 class ConnectionGuard:
@@ -469,11 +470,6 @@ class ConnectionGuard:
             conn.transport.abort()
         elif conn.opening is not None:
             conn.opening.cancel()
-        if conn.phase is Phase.REQUEST and conn.task is not None and not conn.body.is_eof():
-            # Its body never came, so nothing of it was acted on; stop the handler
-            # waiting (for body memory, say) on behalf of a client that is gone.
-            # (Reading a body, it ends by itself: the read fails.)
-            conn.task.cancel()
         # The slot is free now; the file is closed on the loop's next pass.
         self._release(conn)
 
@@ -512,7 +508,8 @@ class ConnectionGuard:
             # counting from the previous one would credit this body with that one's.
             conn.request_bytes_mark = conn.bytes_received
         self._enter(conn, Phase.REQUEST)
-        conn.body, conn.task = request.content, asyncio.current_task()
+        conn.body = request.content
+        request[CONNECTION] = conn
         try:
             return await handler(request)
         except web.HTTPRequestTimeout as timeout:
@@ -532,7 +529,7 @@ class ConnectionGuard:
                 )
             raise web.HTTPRequestTimeout() from None
         finally:
-            conn.body = conn.task = None
+            conn.body = None
             if conn.cut_reason is None:
                 self._enter(conn, Phase.IDLE)
 
@@ -577,7 +574,7 @@ class BodyPace:
         self.rate = rate
         guard = request.app.get(CONNECTIONS) if isinstance(request, web.Request) else None
         self.guard = guard
-        self.conn = guard.connection_of(request) if guard is not None else None
+        self.conn = request.get(CONNECTION) if guard is not None else None
         if self.guard is not None and self.conn is not None:
             self.guard.body_started(self.conn)
 
