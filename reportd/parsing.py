@@ -14,7 +14,6 @@ Request bodies held at once are bounded separately, by :class:`ByteBudget`.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import ctypes
 import ctypes.util
@@ -79,11 +78,11 @@ class ReportParser:
 class ByteBudget:
     """An async semaphore counted in bytes: what request bodies may hold in memory at once.
 
-    A holder takes what it declares (a body's Content-Length), waiting in turn
-    while that is not free; taking what is free costs no await, the common case
-    on every request. A holder that needs more as its body arrives (gzip decodes
-    to more than it declared) takes it if free, else overdraws: one holder at a
-    time may, the others wait for it to finish. A holder that overdraws waits for
+    A holder's share grows as its body arrives, so a client that declares a large
+    body and sends it slowly holds only what it has sent. Growing into what is
+    free costs no await, the common case on every request. When the budget is
+    spent, one holder at a time may overdraw (and keeps growing without waiting
+    until it is done); the others wait for it. A holder that overdraws waits for
     nothing, so no two holders wait for each other, and what is held never passes
     the budget plus one body.
     """
@@ -91,47 +90,17 @@ class ByteBudget:
     def __init__(self, total: int) -> None:
         self.total = total
         self.free = total
-        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
         self.overdraft = asyncio.Lock()
 
     @contextlib.asynccontextmanager
-    async def hold(self, size: int) -> AsyncIterator[Share]:
+    async def hold(self) -> AsyncIterator[Share]:
         share = Share(self)
-        await self._take(min(size, self.total))
-        share.size = min(size, self.total)
         try:
             yield share
         finally:
             if share.overdrawing:
                 self.overdraft.release()
-            self._give_back(share.size)
-
-    async def _take(self, size: int) -> None:
-        if not self._waiters and self.free >= size:
-            self.free -= size
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        entry = (size, waiter)
-        self._waiters.append(entry)
-        try:
-            await waiter
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self._give_back(size)  # granted just as it was cancelled
-            else:
-                self._waiters.remove(entry)
-                self._grant()
-            raise
-
-    def _give_back(self, size: int) -> None:
-        self.free += size
-        self._grant()
-
-    def _grant(self) -> None:
-        while self._waiters and self._waiters[0][0] <= self.free:
-            size, waiter = self._waiters.popleft()
-            self.free -= size
-            waiter.set_result(None)
+            self.free += share.size
 
 
 class Share:
@@ -144,13 +113,12 @@ class Share:
 
     async def grow_to(self, size: int) -> None:
         budget = self._budget
-        need = size - self.size
-        if need <= 0:
+        if size <= self.size:
             return
-        if budget.free < need and not self.overdrawing:
+        if budget.free < size - self.size and not self.overdrawing:
             await budget.overdraft.acquire()
             self.overdrawing = True
-        budget.free -= need
+        budget.free -= size - self.size
         self.size = size
 
 

@@ -99,6 +99,7 @@ class BodyTimeout(web.HTTPRequestTimeout):
 
     def __init__(self, received: int, seconds: float) -> None:
         message = f"The request body came too slowly: {received} bytes in {seconds:.1f} s"
+        self.message = message
         super().__init__(
             text=orjson.dumps({"message": message, "issue_kind": "REQUEST_TIMEOUT"}).decode(),
             content_type="application/json",
@@ -118,8 +119,8 @@ class BodyInterrupted(web.HTTPBadRequest):
 async def read_body(request: web.Request, limit: int, share: Share | None = None) -> bytes:
     """The request body (already gunzipped by aiohttp), refusing more than ``limit`` bytes.
 
-    With a ``share`` of the body budget, the share grows (waiting if need be)
-    before the body does.
+    With a ``share`` of the body budget, the share grows with the body, before
+    each chunk is kept (waiting if need be).
 
     Raises :class:`BodyTimeout` once the body is later than ``body_timeout_base``
     plus its bytes so far at ``min_body_rate``: a client that trickles a body would
@@ -162,8 +163,8 @@ async def read_body(request: web.Request, limit: int, share: Share | None = None
                 return bytes(chunks)
             if len(chunks) + len(chunk) > limit:
                 raise BodyTooLarge
-            if share is not None and len(chunks) + len(chunk) > share.size:
-                await share.grow_to(min(limit, max(2 * share.size, len(chunks) + len(chunk))))
+            if share is not None:
+                await share.grow_to(len(chunks) + len(chunk))
             chunks += chunk
     finally:
         pace.done()

@@ -193,6 +193,24 @@ async def test_a_slow_body_is_cut_with_408_while_an_agent_is_served(daemon_facto
     assert len(events) == 1 and events[0]["bytes"] < 2000, events
 
 
+async def test_a_slow_body_on_the_foreman_route_is_refused_in_foreman_shape(daemon_factory, tmp_path):
+    daemon = daemon_factory(ini_for(tmp_path, "body_timeout_base = 1s\nmin_body_rate = 64KiB\n")).start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    writer.write(
+        b"POST /api/reports HTTP/1.1\r\nHost: reportd.example.test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 5000\r\n\r\n{"
+    )
+    await writer.drain()
+    answer = await closed_by_server(reader, 5.0)  # nothing more is sent: the body is late at once
+    await close(writer)
+    head, _, error = (answer or b"").partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), answer
+    assert b"Connection: close" in head
+    assert orjson.loads(error)["error"]["message"].startswith("The request body came too slowly")
+    rejected = [line for line in log_lines(daemon) if line["event"] == "report_rejected"]
+    assert [(line["reason"], line["status"]) for line in rejected] == [("timeout", 408)]
+
+
 async def test_a_body_sent_at_the_floor_rate_is_not_cut(daemon_factory, tmp_path):
     # 4 KiB/s floor after 0.5 s: 16 KiB at 8 KiB/s takes 2 s, four times the base.
     daemon = daemon_factory(ini_for(tmp_path, "body_timeout_base = 0.5s\nmin_body_rate = 4KiB\n")).start()
@@ -308,8 +326,8 @@ async def test_at_the_cap_with_no_connection_to_close_new_ones_wait_without_spin
 async def test_at_the_cap_requests_waiting_for_body_memory_with_trickling_bodies_make_room(
     daemon_factory, tmp_path
 ):
-    # Room in body_memory for one 60 kB body at a time: the others wait for it before
-    # their body is read, each holding a connection.
+    # The first body overdraws body_memory (70 kB of 64 KiB sent at once, more to come);
+    # the others wait for it before keeping their first bytes, each holding a connection.
     ini = "max_connections = 10\nbody_memory = 64KiB\nmin_body_rate = 1KiB\nbody_timeout_base = 30s\n"
     daemon = daemon_factory(ini_for(tmp_path, ini)).start()
     clients, drips = [], []
@@ -318,8 +336,10 @@ async def test_at_the_cap_requests_waiting_for_body_memory_with_trickling_bodies
         reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
         writer.write(
             f"PUT {path} HTTP/1.1\r\nHost: reportd.example.test\r\nContent-Type: application/json\r\n"
-            "Content-Length: 60000\r\n\r\n".encode()
+            f"Content-Length: {200000 if index == 0 else 60000}\r\n\r\n".encode()
         )
+        if index == 0:
+            writer.write(b" " * 70000)
         # The first, being read, keeps up with min_body_rate; those waiting trickle.
         drips.append(asyncio.create_task(drip(writer, b" " * (1024 if index == 0 else 10), 0.2)))
         clients.append((reader, writer))
@@ -336,7 +356,7 @@ async def test_at_the_cap_requests_waiting_for_body_memory_with_trickling_bodies
     assert daemon.stop() == 0
     lines = log_lines(daemon)
     evicted = [line for line in lines if line["event"] == "connection_evicted"]
-    assert [line["phase"] for line in evicted] == ["request"], evicted
+    assert [line["phase"] for line in evicted] == ["body"], evicted
     assert not [line for line in lines if line["level"] == "error"], lines
 
 
