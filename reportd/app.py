@@ -158,6 +158,11 @@ async def _error_answers(request: web.Request, handler) -> web.StreamResponse:
             400, "the request body does not decode (or it ended early)", headers={"Connection": "close"}
         ) from None
     except unavailable_errors() as error:
+        if isinstance(error, ConnectionError) and _client_gone(request):
+            # The client left while the answer was being written: no fault of the storage's,
+            # and no one to answer.
+            log.info("client_disconnected", path=request.path, remote=request.remote)
+            raise
         log.error("storage_unavailable", path=request.path, error=f"{type(error).__name__}: {error}")
         raise api_error(
             503, "the storage is unavailable; try again later", headers={"Retry-After": "30"}
@@ -167,18 +172,27 @@ async def _error_answers(request: web.Request, handler) -> web.StreamResponse:
         raise api_error(500, "internal error (reportd logged it)") from None
 
 
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 async def _close_after_unread_compressed_body(request: web.Request, response: web.StreamResponse) -> None:
-    """An answer given before a compressed body was read (a refusal) ends the connection.
+    """An answer given before a compressed body was read (a refusal) ends the connection,
+    as does one that says so (``Connection: close``: a body that came too slowly or broke off).
 
     aiohttp reads and drops such a body to reuse the connection, and a body that
     does not decode makes that read fail and the connection drop without an
     answer; closing on purpose is cleaner, and the client knows not to reuse it.
     """
     content = request.content
-    if request.headers.get("Content-Encoding") and (not content.is_eof() or content.exception() is not None):
+    unread = request.headers.get("Content-Encoding") and (
+        not content.is_eof() or content.exception() is not None
+    )
+    if unread or response.headers.get("Connection", "").lower() == "close":
         content.feed_eof()
         response.force_close()
-        response.headers["Connection"] = "close"  # the hook runs after aiohttp set the headers
+        response.headers["Connection"] = "close"
 
 
 # reportd serves data, never pages: nothing it answers may run as a page of its origin, whatever

@@ -22,7 +22,7 @@ SIZE_BUCKETS = (1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67
 DELIVERY_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
 
 
-REJECTION_REASONS = ("auth", "size", "encoding", "parse", "validation", "unavailable")
+REJECTION_REASONS = ("auth", "size", "encoding", "timeout", "parse", "validation", "unavailable")
 
 
 class Telemetry:
@@ -38,7 +38,7 @@ class Telemetry:
         )
         self.rejected = Counter(
             "reportd_rejected",
-            "Requests refused, by reason (auth, size, encoding, parse, validation, unavailable).",
+            "Requests refused, by reason (auth, size, encoding, timeout, parse, validation, unavailable).",
             ["reason"],
             registry=self.registry,
         )

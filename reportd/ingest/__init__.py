@@ -25,7 +25,17 @@ from reportd.formats import Envelope, ReportError
 from reportd.formats.fields import certname_problem
 from reportd.model import Report
 from reportd.storage import Accepted, InboxEntry, unavailable_errors
-from reportd.web import BODY_BUDGET, CONFIG, DISPATCHER, PARSER, STORAGE, TELEMETRY, BodyTooLarge, read_body
+from reportd.web import (
+    BODY_BUDGET,
+    CONFIG,
+    DISPATCHER,
+    PARSER,
+    STORAGE,
+    TELEMETRY,
+    BodyTimeout,
+    BodyTooLarge,
+    read_body,
+)
 
 log = structlog.get_logger("reportd.ingest")
 
@@ -38,7 +48,7 @@ class Refusal(Exception):
     """A request reportd will not accept, with what to answer (rendered per family).
 
     ``reason`` labels ``reportd_rejected_total`` and the log line: auth, size,
-    encoding, parse, validation or unavailable.
+    encoding, timeout, parse, validation or unavailable.
     """
 
     def __init__(
@@ -159,11 +169,19 @@ async def request_body(request: web.Request) -> AsyncIterator[bytes]:
     declared = request.content_length
     if declared is not None and declared > limit and encoding in ("", "identity"):
         raise Refusal(413, _too_large(limit), reason="size", kind="REQUEST_TOO_LARGE")
-    async with request.app[BODY_BUDGET].hold(min(declared or 0, limit)) as share:
+    async with request.app[BODY_BUDGET].hold() as share:
         try:
             body = await read_body(request, limit, share)
         except BodyTooLarge:
             raise Refusal(413, _too_large(limit), reason="size", kind="REQUEST_TOO_LARGE") from None
+        except BodyTimeout as timeout:
+            raise Refusal(
+                408,
+                timeout.message,
+                reason="timeout",
+                kind="REQUEST_TIMEOUT",
+                headers={"Connection": "close"},
+            ) from None
         except (HttpProcessingError, RequestPayloadError):
             # The rest of the stream cannot be read either: answer, then close the connection
             # (aiohttp would otherwise try to read past the error to reuse it, and fail).

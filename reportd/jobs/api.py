@@ -25,6 +25,7 @@ from reportd.storage.jobs import (
     NewJob,
 )
 from reportd.web import (
+    BodyTimeout,
     BodyTooLarge,
     json_error,
     json_response,
@@ -48,9 +49,11 @@ DEPLOY_KEYS = {"environment", "scope", "concurrency", "timeout", "description", 
 INTEGER = re.compile(r"-?[0-9]+")
 
 
-def orchestrator_error(status: int, kind: str, msg: str, details: dict | None = None) -> web.HTTPException:
+def orchestrator_error(
+    status: int, kind: str, msg: str, details: dict | None = None, headers: dict[str, str] | None = None
+) -> web.HTTPException:
     return json_error(
-        status, {"kind": f"puppetlabs.orchestrator/{kind}", "msg": msg, "details": details or {}}
+        status, {"kind": f"puppetlabs.orchestrator/{kind}", "msg": msg, "details": details or {}}, headers
     )
 
 
@@ -280,6 +283,10 @@ class JobsAPI:
         except BodyTooLarge:
             raise orchestrator_error(
                 413, "request-too-large", f"The body exceeds {MAX_COMMAND_BODY} bytes"
+            ) from None
+        except BodyTimeout as timeout:
+            raise orchestrator_error(
+                408, "request-timeout", timeout.message, headers={"Connection": "close"}
             ) from None
         try:
             body = orjson.loads(raw)
