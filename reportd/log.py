@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -62,7 +63,7 @@ def configure_logging(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = RateLimitedHandler(sys.stdout, limiter)
+    handler = RateLimitedHandler(sys.stdout, limiter, syslog_prefix=stream_is_journal(sys.stdout))
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             # A stdlib record's exc_info is a (type, value, traceback) tuple, which the JSON
@@ -213,9 +214,18 @@ class RateLimitedHandler(logging.StreamHandler):
     ``record.msg`` is the event dict).
     """
 
-    def __init__(self, stream: IO[str], limiter: RateLimiter) -> None:
+    def __init__(self, stream: IO[str], limiter: RateLimiter, *, syslog_prefix: bool = False) -> None:
         super().__init__(stream)
         self.limiter = limiter
+        self.syslog_prefix = syslog_prefix
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if self.syslog_prefix:
+            # journald reads a leading <N> as the line's priority (SyslogLevelPrefix=, on by
+            # default) and drops it from the message: `journalctl -p err` then finds errors.
+            return f"<{syslog_priority(record.levelno)}>{text}"
+        return text
 
     def handle(self, record: logging.LogRecord) -> logging.LogRecord | bool:
         limited = record.levelno >= logging.WARNING and not isinstance(record.msg, dict)
@@ -227,3 +237,29 @@ class RateLimitedHandler(logging.StreamHandler):
         # logging.shutdown() closes handlers at exit: the last counts are not lost.
         self.limiter.report(everything=True)
         super().close()
+
+
+def syslog_priority(levelno: int) -> int:
+    """The syslog priority of a logging level: err 3, warning 4, info 6, debug 7."""
+    if levelno >= logging.CRITICAL:
+        return 2
+    if levelno >= logging.ERROR:
+        return 3
+    if levelno >= logging.WARNING:
+        return 4
+    if levelno >= logging.INFO:
+        return 6
+    return 7
+
+
+def stream_is_journal(stream: IO[str]) -> bool:
+    """Whether ``stream`` is the journal's own stream (systemd sets JOURNAL_STREAM to its
+    device:inode), not a file or pipe it was redirected to."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    if not expected:
+        return False
+    try:
+        status = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return expected == f"{status.st_dev}:{status.st_ino}"

@@ -5,6 +5,7 @@ Each case runs in a process of its own: logging's and structlog's configuration 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -188,3 +189,26 @@ def test_what_is_held_back_when_the_process_exits_is_still_counted(fmt):
     output = run("for i in range(20):\n    log.error('disk_full', i=i)\n", fmt, burst=3, interval=60.0)
     assert output.count("disk_full") == 3 + 1  # three, then the summary's similar_to
     assert output.splitlines()[-1].count("suppressed 17 similar messages") == 1
+
+
+@pytest.mark.parametrize("journal", [True, False])
+def test_under_journald_each_line_starts_with_its_syslog_priority(tmp_path, journal):
+    # systemd hands the service a stream and names it in JOURNAL_STREAM (device:inode);
+    # a stream redirected elsewhere (a file, a pipe to jq) must stay plain JSON.
+    out = tmp_path / "stdout"
+    with out.open("w") as stream:
+        status = os.fstat(stream.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}" if journal else "0:1"}
+        script = "log.debug('hidden'); log.info('started'); log.warning('slow'); log.error('broken')\n"
+        subprocess.run(
+            [sys.executable, "-c", PRELUDE + script, "json", "10", "10"],
+            stdout=stream,
+            env=env,
+            check=True,
+            timeout=60,
+        )
+    lines = out.read_text().splitlines()
+    if journal:
+        assert [line[:3] for line in lines] == ["<6>", "<4>", "<3>"]
+        lines = [line[3:] for line in lines]
+    assert [orjson.loads(line)["event"] for line in lines] == ["started", "slow", "broken"]
