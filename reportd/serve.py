@@ -20,6 +20,7 @@ from reportd.connections import ConnectionGuard, Limits, raise_open_file_limit
 from reportd.log import report_suppressed_logs
 from reportd.parsing import tune_allocator
 from reportd.tls import ServerTLS
+from reportd.web import protocol_factory
 
 log = structlog.get_logger("reportd.serve")
 
@@ -110,7 +111,7 @@ async def serve(config: Config, pm: pluggy.PluginManager) -> None:
     try:
         # reportd's own accept loop, not a TCPSite: see reportd.connections.
         ssl_context = tls.listener_context() if tls else None
-        bound = await guard.start(runner.server, host, port, ssl_context=ssl_context)
+        bound = await guard.start(protocol_factory(runner.server), host, port, ssl_context=ssl_context)
     except OSError as error:
         await runner.cleanup()
         raise RuntimeError(f"cannot listen on {host}:{port}: {error.strerror}") from None

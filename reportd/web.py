@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 
 from reportd.auth import Authenticator, Identity, in_networks
 from reportd.connections import BodyPace
@@ -243,3 +245,44 @@ def _listener_url(request: web.Request) -> str:
         host = f"[{address}]" if address.version == 6 else str(address)
     default_port = {"http": 80, "https": 443}[scheme]
     return f"{scheme}://{host}" if port == default_port else f"{scheme}://{host}:{port}"
+
+
+class JsonErrorRequestHandler(RequestHandler):
+    """aiohttp's protocol, answering what its parser refuses (before any handler runs)
+    with a JSON body, as reportd answers everything else, instead of plain text.
+
+    A Content-Encoding aiohttp cannot decode (br, zstd) is refused there too: 415,
+    as an encoding reportd does not decode is refused at its routes.
+    """
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        plain = super().handle_error(request, status, exc, message)  # logs, and raises if the answer started
+        if isinstance(exc, ContentEncodingError):
+            status = 415
+            error = {
+                "message": "the request's Content-Encoding is not supported (use gzip, deflate or none)",
+                "issue_kind": "UNSUPPORTED_ENCODING",
+            }
+        elif isinstance(exc, HttpProcessingError) and 400 <= status < 500:
+            first_line = (str(exc.message).splitlines() or ["bad request"])[0].rstrip(":")
+            error = {"message": f"malformed request: {first_line}", "issue_kind": "MALFORMED"}
+        else:
+            return plain
+        response = json_response(error, status=status)
+        response.force_close()
+        return response
+
+
+def protocol_factory(server: web.Server) -> Callable[[], RequestHandler]:
+    """What makes each connection's protocol for ``server``: aiohttp's, answering its own
+    refusals in JSON (:class:`JsonErrorRequestHandler`)."""
+    loop = asyncio.get_running_loop()
+    # The arguments aiohttp's Server passes its handlers (access_log and the like).
+    options = getattr(server, "_kwargs", {})
+    return lambda: JsonErrorRequestHandler(server, loop=loop, **options)

@@ -162,6 +162,38 @@ async def test_a_connection_that_sends_nothing_is_cut_but_an_idle_keep_alive_one
     await close(writer, silent_writer)
 
 
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "message"),
+    [
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad\x01Header: y\r\n\r\n",
+            400,
+            "malformed request: Invalid header token",
+        ),
+        (b"GARBAGE\r\n\r\n", 400, "malformed request: Invalid method encountered"),
+        (
+            b"PUT /puppet/v3/report/a.example.test?environment=production HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\n{}",
+            415,
+            "the request's Content-Encoding is not supported (use gzip, deflate or none)",
+        ),
+    ],
+    ids=["bad-header", "not-http", "brotli"],
+)
+async def test_what_the_http_parser_refuses_is_answered_in_json(
+    daemon_factory, tmp_path, request_bytes, status, message
+):
+    daemon = daemon_factory(ini_for(tmp_path)).start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    writer.write(request_bytes)
+    answer = await closed_by_server(reader, 5.0)
+    await close(writer)
+    head, _, body = (answer or b"").partition(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] == str(status).encode(), answer
+    assert b"Content-Type: application/json" in head
+    assert orjson.loads(body)["message"].startswith(message)
+
+
 # -- request bodies ---------------------------------------------------------------------------
 
 
