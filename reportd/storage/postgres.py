@@ -483,8 +483,6 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
         if not report_ids:
             return
         ids = sorted(set(report_ids))
-        for report_id in ids:
-            self._leases.pop((processor, report_id), None)
         # One round trip: a query of several statements (simple protocol, so no
         # parameters: the ids are integers, the name a quoted literal) runs as one
         # transaction, each statement with a snapshot of its own.
@@ -502,12 +500,14 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
             " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.report_id = inbox.id)"
             " AND NOT EXISTS (SELECT 1 FROM reports r WHERE r.id = inbox.id)"
         )
+        # Forgotten only now: should the statement fail (the server gone), give_back_leases
+        # must still know these leases, or they would hold the deliveries until they run out.
+        for report_id in ids:
+            self._leases.pop((processor, report_id), None)
 
     async def fail(self, processor: str, failures: Sequence[DeliveryFailure]) -> None:
         if not failures:
             return
-        for failure in failures:
-            self._leases.pop((processor, failure.report_id), None)
         async with self.pool.acquire() as conn, conn.transaction():
             # As in finish: a failure lost in a server crash only means an earlier retry.
             await conn.execute(f"SELECT {_NO_FLUSH_WAIT}")
@@ -526,6 +526,8 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
                     for f in failures
                 ],
             )
+        for failure in failures:  # as in finish: only once the outcome is recorded
+            self._leases.pop((processor, failure.report_id), None)
 
     async def queue_stats(self) -> dict[str, QueueStats]:
         rows = await self.pool.fetch(
