@@ -18,7 +18,8 @@ from zoneinfo import ZoneInfo
 
 from reportd_plugins.email_periods import ONCE, Period
 
-from reportd.formats import Envelope, ReportError, parse
+from reportd import rebuild_report
+from reportd.formats import ReportError
 from reportd.status import CHANGED, FAILED, NOOP_PENDING
 from reportd.storage import ReportQuery, Storage
 from reportd.storage.schedules import Schedule
@@ -177,7 +178,7 @@ async def _add_failures(storage: Storage, host: HostSummary) -> None:
         return
     try:
         # A report body may be megabytes of JSON: parsed off the event loop.
-        report = await asyncio.to_thread(parse, stored.body, Envelope.from_dict(dict(stored.envelope)))
+        report = await asyncio.to_thread(rebuild_report, stored.id, stored.envelope, stored.body)
     except ReportError:
         host.failure_details_missing = True
         return

@@ -36,7 +36,7 @@ from reportd import PluginContext, Processor, Report, Setting, hookimpl, require
 from reportd.auth import VIEW_REPORTS
 from reportd.settings import as_duration, as_list, as_networks, as_str
 from reportd.status import change_kind
-from reportd.web import DISPATCHER, STORAGE, TELEMETRY, api_error
+from reportd.web import api_error
 
 NAME = "metrics"
 RENDER_CHUNK = 8  # without a worker: nodes rendered between two turns of the event loop
@@ -400,7 +400,7 @@ def reportd_add_routes(app: web.Application, context: PluginContext):
     async def metrics(request: web.Request) -> web.StreamResponse:
         await _check_access(request, settings)
         now = time.time()
-        await _refresh_queue_gauges(request.app, now)
+        await _refresh_queue_gauges(context, now)
         response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE})
         if "gzip" in request.headers.get("Accept-Encoding", ""):
             # 10,000 nodes are ~48 MB of text, ~3 MB gzipped: Prometheus asks for it.
@@ -411,7 +411,7 @@ def reportd_add_routes(app: web.Application, context: PluginContext):
             async for chunk in _table(context).chunks(now):
                 await response.write(chunk)
                 await asyncio.sleep(0)  # write() does not yield while the socket takes it all
-        await response.write(generate_latest(request.app[TELEMETRY].registry))
+        await response.write(generate_latest(context.telemetry.registry))
         await response.write_eof()
         return response
 
@@ -439,15 +439,15 @@ async def _check_access(request: web.Request, settings: Mapping[str, Any]) -> No
     await require_permission(request, VIEW_REPORTS)
 
 
-async def _refresh_queue_gauges(app: web.Application, now: float) -> None:
-    telemetry = app[TELEMETRY]
+async def _refresh_queue_gauges(context: PluginContext, now: float) -> None:
+    telemetry = context.telemetry
     gauges = getattr(telemetry, "queue_gauges", None)
     if gauges is None:
         gauges = telemetry.queue_gauges = QueueGauges(telemetry.registry)
-    gauges.set(app[DISPATCHER].processor_names, await app[STORAGE].queue_stats(), now)
+    gauges.set(context.processors, await context.storage.queue_stats(), now)
     if now - gauges.counted_at > STORE_COUNT_EVERY:
         # count(*) walks the table: on a reader thread, and at most once a minute
-        gauges.stored_reports = await app[STORAGE].count_reports()
+        gauges.stored_reports = await context.storage.count_reports()
         gauges.counted_at = now
 
 

@@ -3,10 +3,11 @@
 from reportd.context import PluginContext
 from reportd.hookspecs import hookimpl
 from reportd.model import Event, Log, Report, ResourceStatus
+from reportd.pipeline import rebuild as rebuild_report
 from reportd.processor import PermanentError, Processor
 from reportd.settings import Setting
+from reportd.version import __version__
 
-__version__ = "0.1.0"
 __all__ = [
     "Event",
     "Log",
@@ -18,6 +19,7 @@ __all__ = [
     "Setting",
     "__version__",
     "hookimpl",
+    "rebuild_report",
     "require_permission",
 ]
 

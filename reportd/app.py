@@ -18,12 +18,13 @@ from aiohttp.web_protocol import RequestPayloadError
 from reportd.auth import VIEW_REPORTS, Authenticator
 from reportd.config import Config, validate_plugin_sections
 from reportd.context import PluginContext
-from reportd.dispatch import Dispatcher, RetryPolicy
+from reportd.dispatch import RetryPolicy
 from reportd.ingest import setup_ingest_routes
 from reportd.jobs.tracker import NAME as JOBS_CONSUMER
 from reportd.jobs.tracker import Tracker
 from reportd.parsing import ByteBudget, ReportParser
 from reportd.periodic import drain, every
+from reportd.pipeline import Pipeline
 from reportd.plugin_manager import declared_settings, known_plugin_names, processor_classes
 from reportd.settings import ConfigError, did_you_mean
 from reportd.storage import Storage, open_storage, unavailable_errors
@@ -33,8 +34,8 @@ from reportd.web import (
     BODY_BUDGET,
     CONFIG,
     CONTEXT,
-    DISPATCHER,
     PARSER,
+    PIPELINE,
     STORAGE,
     TELEMETRY,
     api_error,
@@ -116,16 +117,16 @@ def create_app(
     app[TELEMETRY] = context.telemetry
     app[PARSER] = parser
     app[BODY_BUDGET] = ByteBudget(config.body_memory)
-    # Job tracking is always on: its processor gets only the reports that carry a job_id.
+    # Job tracking is always on: its processor wants only the reports that carry a job_id.
     jobs = Tracker(context, pm)
-    app[DISPATCHER] = Dispatcher(
+    app[PIPELINE] = Pipeline(
         storage,
-        processors,
+        [*processors, jobs.consumer],
+        listed=config.processors,
+        parser=parser,
         retry=RetryPolicy(config.max_attempts, config.retry_initial, config.retry_max),
         timeout=config.processor_timeout,
         telemetry=context.telemetry,
-        internal=[jobs.consumer],
-        parser=parser,
         cache_bytes=config.report_cache,
     )
     app.cleanup_ctx.append(_storage_lifecycle)
@@ -236,10 +237,10 @@ async def _await_maybe(value: Any) -> Any:
 
 
 async def _dispatch_lifecycle(app: web.Application) -> AsyncIterator[None]:
-    dispatcher = app[DISPATCHER]
-    dispatcher.start()
+    pipeline = app[PIPELINE]
+    pipeline.start()
     yield
-    await dispatcher.stop(app[CONFIG].shutdown_timeout)
+    await pipeline.stop(app[CONFIG].shutdown_timeout)
 
 
 async def _spool_expiry(app: web.Application) -> AsyncIterator[None]:
@@ -258,10 +259,10 @@ async def get_queue(request: web.Request) -> web.Response:
     stats = await request.app[STORAGE].queue_stats()
     now = time.time()
     body = {}
-    dispatcher = request.app[DISPATCHER]
-    # The internal job tracker is listed only while it has pending or dead deliveries.
-    internal = [name for name in dispatcher.internal_names if name in stats]
-    for name in [*dispatcher.processor_names, *internal]:
+    pipeline = request.app[PIPELINE]
+    # Built-in processors (the job tracker) are listed only while they have pending or dead deliveries.
+    built_in = [name for name in pipeline.processor_names if name not in pipeline.listed and name in stats]
+    for name in [*pipeline.listed, *built_in]:
         entry = stats.get(name)
         oldest = entry.oldest_pending_at if entry else None
         body[name] = {

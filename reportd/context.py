@@ -6,6 +6,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from reportd.pipeline import rebuild_off_loop
+
 T = TypeVar("T")
 
 if TYPE_CHECKING:
@@ -40,8 +42,14 @@ class PluginContext:
     parser: ReportParser = field(default_factory=lambda: _new_parser())
 
     async def parse_report(self, body: bytes, envelope: Envelope) -> Report:
-        """A stored report rebuilt from its body and envelope (off the event loop when large)."""
+        """A body parsed into a report, as at ingest (off the event loop when large)."""
         return await self.parser.parse(body, envelope)
+
+    async def rebuild_report(self, report_id: int, envelope: Mapping[str, Any], body: bytes) -> Report:
+        """A stored report parsed again from its body and envelope, with its id
+        (off the event loop when large). Raises :class:`reportd.formats.ReportError`
+        if the body no longer parses."""
+        return await rebuild_off_loop(self.parser, report_id, envelope, body)
 
     async def run_large(self, size: int, function: Callable[[], T]) -> T:
         """``function()``, off the event loop when ``size`` (bytes of data it works on) is large."""

@@ -14,16 +14,15 @@ import contextlib
 import random
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import structlog
 
-from reportd.formats import Envelope
 from reportd.model import Report
-from reportd.parsing import ReportParser, release_free_memory
+from reportd.parsing import release_free_memory
 from reportd.processor import PermanentError, Processor
-from reportd.storage import Claim, DeliveryFailure, Storage
+from reportd.storage import Claim, DeliveryFailure, SpooledReport, Storage
 from reportd.telemetry import Telemetry
 
 log = structlog.get_logger("reportd.dispatch")
@@ -65,50 +64,38 @@ class Dispatcher:
         storage: Storage,
         processors: Sequence[Processor],
         *,
+        rebuild: Callable[[SpooledReport], Awaitable[Report]],
         retry: RetryPolicy,
         timeout: float,
         telemetry: Telemetry | None = None,
         clock: Callable[[], float] = time.time,
-        internal: Sequence[Processor] = (),
-        parser: ReportParser | None = None,
         cache_bytes: int = 32 * 1024 * 1024,
     ) -> None:
-        """``internal`` processors get only the reports spooled for them by name (see
-        :attr:`internal_names`), and are woken only by ``submit(..., internal=True)``."""
+        """``rebuild`` makes a report of its spooled body again, when it is no longer cached."""
         self._storage = storage
+        self._rebuild_spooled = rebuild
         self._retry = retry
         self._timeout = timeout
         self._clock = clock
         self._telemetry = telemetry or Telemetry()
-        self._parser = parser or ReportParser(workers=1)
         self._cache = _ReportCache(cache_bytes)
-        self._workers = [_Worker(p) for p in processors]
-        self._internal = [_Worker(p) for p in internal]
+        self._workers = {p.name: _Worker(p) for p in processors}
         self._stopping = False
-        self.stats = {p.name: ProcessorStats() for p in [*processors, *internal]}
+        self.stats = {p.name: ProcessorStats() for p in processors}
         for name in self.stats:  # a series from the start, so that rate() sees the first failure
             self._telemetry.processor_failures.labels(name)
 
-    @property
-    def processor_names(self) -> list[str]:
-        return [w.processor.name for w in self._workers]
-
-    @property
-    def internal_names(self) -> list[str]:
-        return [w.processor.name for w in self._internal]
-
     def start(self) -> None:
-        for worker in (*self._workers, *self._internal):
+        for worker in self._workers.values():
             worker.task = asyncio.create_task(self._run(worker), name=f"processor:{worker.processor.name}")
 
-    def submit(self, report: Report, *, internal: bool = False) -> None:
-        """A report was just accepted: keep it at hand and wake the workers.
+    def submit(self, report: Report, recipients: Iterable[str]) -> None:
+        """A report was just spooled for ``recipients``: keep it at hand and wake their workers.
 
-        ``internal``: it was spooled for the internal processors too. Others'
-        workers stay asleep: a claim is a database write, not to be made per report.
+        Other workers stay asleep: a claim is a database write, not to be made per report.
         """
         assert report.id is not None
-        woken = [*self._workers, *self._internal] if internal else self._workers
+        woken = [self._workers[name] for name in recipients]
         self._cache.add(report, {w.processor.name for w in woken})
         for worker in woken:
             worker.wake.set()
@@ -116,7 +103,7 @@ class Dispatcher:
     async def stop(self, grace: float) -> None:
         """Let running batches end (for at most ``grace`` seconds), then close processors."""
         self._stopping = True
-        workers = (*self._workers, *self._internal)
+        workers = self._workers.values()
         for worker in workers:
             worker.wake.set()
         tasks = [w.task for w in workers if w.task is not None]
@@ -273,12 +260,10 @@ class Dispatcher:
             failures[report_id] = PermanentError("spooled report body is gone")
             return None
         try:
-            report = await self._parser.parse(spooled.body, Envelope.from_dict(dict(spooled.envelope)))
+            return await self._rebuild_spooled(spooled)
         except Exception as error:  # whatever the parser does, it fails this report alone
             failures[report_id] = PermanentError(f"spooled report unreadable: {error}")
             return None
-        report.id = report_id
-        return report
 
 
 class _ReportCache:

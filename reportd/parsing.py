@@ -71,8 +71,12 @@ class ReportParser:
 
     async def parse(self, body: bytes, envelope: Envelope) -> Report:
         """:func:`reportd.formats.parse`, off the loop for a large body."""
-        yaml = envelope.format == "puppet" and is_yaml(envelope.content_type, body)
-        return await self.run(len(body), yaml, parse, body, envelope)
+        return await self.run(len(body), is_yaml_body(envelope, body), parse, body, envelope)
+
+
+def is_yaml_body(envelope: Envelope, body: bytes) -> bool:
+    """Whether ``body`` is parsed as YAML: the slower kind, sent to the pool sooner."""
+    return envelope.format == "puppet" and is_yaml(envelope.content_type, body)
 
 
 class ByteBudget:

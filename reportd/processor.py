@@ -17,7 +17,7 @@ class PermanentError(Exception):
 class Processor:
     """A named consumer of reports, driven by reportd's durable delivery.
 
-    Each enabled processor gets every accepted report at least once, in the
+    Each enabled processor gets every accepted report it :meth:`wants` at least once, in the
     background, in ascending report id order (retries aside). A report whose
     processing raises is retried with exponential backoff and jitter; after
     ``[reportd] max_attempts`` failures, or at once on :class:`PermanentError`,
@@ -39,6 +39,11 @@ class Processor:
 
     def __init__(self, context: PluginContext) -> None:
         self.context = context
+
+    def wants(self, report: Report) -> bool:
+        """Whether this processor takes ``report``: decided once, when the report is
+        accepted, and a delivery is spooled only if so. Every report, unless overridden."""
+        return True
 
     async def start(self) -> None:
         """Called once before the first report; open connections here."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info, ProcessCollector
 
-from reportd import __version__
+from reportd.version import __version__
 
 # A counter's *_created series doubles what every scrape carries and no dashboard
 # reads it (the exposition format 0.0.4 has no other way to drop it: process-wide).

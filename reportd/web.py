@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 CONFIG = web.AppKey("config", "Config")
 STORAGE = web.AppKey("storage", "Storage")
 CONTEXT = web.AppKey("context", "PluginContext")
-DISPATCHER = web.AppKey("dispatcher", "Dispatcher")
+PIPELINE = web.AppKey("pipeline", "Pipeline")
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 TELEMETRY = web.AppKey("telemetry", "Telemetry")
 PARSER = web.AppKey("parser", "ReportParser")

@@ -6,7 +6,7 @@ from collections import Counter
 
 import orjson
 
-from reportd.web import DISPATCHER, STORAGE
+from reportd.web import PIPELINE, STORAGE
 from tests.conftest import deliveries, sample, wait_until
 
 URL = "/puppet/v3/report/{certname}?environment=production"
@@ -130,7 +130,7 @@ async def test_a_processor_that_cannot_start_is_retried_and_others_deliver(
     client = await aiohttp_client(make_app(processors="store, unready", plugins="fail_times = 2\n"))
     await send(client, 2)
     await wait_until(lambda: _all_drained(client))
-    unready = next(p for p in client.app[DISPATCHER]._workers if p.processor.name == "unready").processor
+    unready = client.app[PIPELINE].dispatcher._workers["unready"].processor
     assert unready.starts == 3
     assert [d["processor"] for d in deliveries(tmp_path)] == ["unready", "unready"]
     assert len((await (await client.get("/api/v1/reports")).json())["items"]) == 2

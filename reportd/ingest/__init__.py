@@ -11,7 +11,6 @@ never waits for processors.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -24,13 +23,12 @@ from aiohttp.web_protocol import RequestPayloadError
 from reportd.formats import Envelope, ReportError
 from reportd.formats.fields import certname_problem
 from reportd.model import Report
-from reportd.storage import Accepted, InboxEntry, unavailable_errors
+from reportd.storage import Accepted, unavailable_errors
 from reportd.web import (
     BODY_BUDGET,
     CONFIG,
-    DISPATCHER,
     PARSER,
-    STORAGE,
+    PIPELINE,
     TELEMETRY,
     BodyTimeout,
     BodyTooLarge,
@@ -97,41 +95,14 @@ async def refusals(
         raise render(refusal) from None
 
 
-def idempotency_key(report: Report) -> str:
-    """The same run sent twice is one report (spec README, "Idempotent ingest").
-
-    Puppet's ``transaction_uuid`` and Chef's ``run_id`` identify a run;
-    Foreman-style uploads have only the host and ``reported_at``.
-    """
-    if report.transaction_uuid:
-        return f"{report.format}:{report.certname}:{report.transaction_uuid}"
-    if report.format == "foreman" and "reported_at" in report.extra:
-        return f"foreman:{report.certname}:{report.extra['reported_at']}"
-    return f"{report.format}:{report.certname}:sha256:{hashlib.sha256(report.raw).hexdigest()}"
-
-
 async def accept_report(app: web.Application, report: Report, envelope: Envelope) -> Accepted:
-    """Durably spool ``report`` (group-committed), then hand it to the dispatcher.
+    """Hand ``report`` to the pipeline, which answers once it is spooled durably.
 
     Storage that cannot commit (a full disk, a database that is down) is a 503:
     nothing was acknowledged, so nothing is lost.
     """
-    dispatcher = app[DISPATCHER]
-    entry = InboxEntry(
-        idempotency_key=idempotency_key(report),
-        certname=report.certname,
-        format=envelope.format,
-        received_at=envelope.received_at.timestamp(),
-        envelope=envelope.to_dict(),
-        body=report.raw,
-    )
-    # Only a report of a job also goes to the internal job tracker: the others pay nothing.
-    for_jobs = report.job_id is not None
-    processors = dispatcher.processor_names
-    if for_jobs:
-        processors += dispatcher.internal_names
     try:
-        accepted = await app[STORAGE].accept(entry, processors)
+        return await app[PIPELINE].accept(report, envelope)
     except unavailable_errors() as error:
         log.error("report_not_spooled", certname=report.certname, error=f"{type(error).__name__}: {error}")
         raise Refusal(
@@ -142,10 +113,6 @@ async def accept_report(app: web.Application, report: Report, envelope: Envelope
             kind="SERVICE_UNAVAILABLE",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         ) from None
-    report.id = accepted.report_id
-    if not accepted.duplicate:
-        dispatcher.submit(report, internal=for_jobs)
-    return accepted
 
 
 @contextlib.asynccontextmanager

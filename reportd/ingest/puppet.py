@@ -21,7 +21,7 @@ from reportd.ingest import (
     request_body,
 )
 from reportd.model import utcnow
-from reportd.web import DISPATCHER, identify, json_response, puppet_error
+from reportd.web import PIPELINE, identify, json_response, puppet_error
 
 
 def _render(refusal: Refusal) -> web.HTTPException:
@@ -63,7 +63,7 @@ async def _puppet_ingest(request: web.Request, path_certname: str | None) -> web
             accepted = await accept_report(request.app, report, envelope)
     log_accepted(request, report, accepted, len(body), started)
     # Puppet agents require a JSON array: puppetserver answers the processor names.
-    return json_response(request.app[DISPATCHER].processor_names)
+    return json_response(request.app[PIPELINE].listed)
 
 
 def _forbidden(request: web.Request, subject: str) -> Refusal:

@@ -1,9 +1,8 @@
 """Follow jobs: reports in, runs started, timeouts applied.
 
-* :class:`JobsConsumer` is the internal ``jobs`` processor. ``accept_report``
-  spools a delivery for it only when the report carries a ``job_id``, so job
-  reports survive ``kill -9`` and are retried like any processor's, and other
-  reports cost nothing.
+* :class:`JobsConsumer` is the built-in ``jobs`` processor. It wants only the
+  reports that carry a ``job_id``, so job reports survive ``kill -9`` and are
+  retried like any processor's, and other reports cost nothing.
 * :class:`Tracker` starts deployed jobs, runs the trigger hook for each node
   within the job's concurrency (one runner task per job), and applies job
   timeouts: at start-up (those that passed while reportd was down) and then at
@@ -141,7 +140,7 @@ def iso(timestamp: float | None) -> str | None:
 
 
 class JobsConsumer(Processor):
-    """The internal processor that gets every spooled report carrying a ``job_id``."""
+    """The built-in processor that gets every report carrying a ``job_id``."""
 
     name = NAME
     batch_size = 200
@@ -149,6 +148,9 @@ class JobsConsumer(Processor):
     def __init__(self, context: PluginContext, tracker: Tracker) -> None:
         super().__init__(context)
         self.tracker = tracker
+
+    def wants(self, report: Report) -> bool:
+        return report.job_id is not None
 
     async def process_batch(self, reports: Sequence[Report]) -> dict[int, BaseException]:
         outcomes = []
