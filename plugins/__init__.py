@@ -10,15 +10,17 @@ A plugin is a Python module with functions decorated by ``reportd.hookimpl``.
 The hooks, when they are called and what they return are documented in
 :mod:`reportd.hookspecs`. The public API is what ``reportd`` exports
 (``hookimpl``, ``Processor``, ``PermanentError``, ``PluginContext``,
-``Report`` and its parts, ``Setting``, ``require_permission``) plus
+``Report`` and its parts, ``rebuild_report``, ``Setting``, ``require_permission``) plus
 ``reportd.settings`` (value parsers), ``reportd.status`` (run status),
 ``reportd.web`` (``json_response``, ``api_error``, ``json_error``), ``reportd.formats``
 (``parse``, ``parse_time``), ``reportd.periodic``, ``reportd.storage``,
 ``reportd.jobs`` (``JobRun``, ``JobRunError``: for plugins that start jobs' runs) and
-``reportd.cli.plugin_context`` (in commands added with ``reportd_register_commands``).
+``reportd.cli.plugin_context`` and ``reportd.cli.run_with_context`` (in commands added
+with ``reportd_register_commands``), ``reportd.output`` (tables, JSON lines, progress).
 
 Most plugins are **processors**: a :class:`reportd.Processor` subclass gets
-every accepted report, in the background, at least once. Delivery state is
+every accepted report, in the background, at least once (or only those its
+``wants(report)`` returns True for, decided when the report is accepted). Delivery state is
 kept per processor: if ``process`` raises, that report is retried with
 backoff for your processor alone, and dead-lettered after
 ``[reportd] max_attempts`` (or at once on ``PermanentError``). Make processing

@@ -40,9 +40,9 @@ from reportd_plugins.email_scheduler import (
 )
 
 from reportd import PluginContext, Setting, hookimpl, query, require_permission
+from reportd.cli import run_with_context
 from reportd.output import echo_json_lines, echo_table
 from reportd.settings import as_duration, as_path, as_positive_int, as_str, one_of
-from reportd.storage import SchemaError
 from reportd.storage.schedules import EDITABLE, Schedule, ScheduleQuery
 from reportd.web import json_error, json_response
 
@@ -430,24 +430,6 @@ def _micros_iso(micros: int | None) -> str:
     return datetime.fromtimestamp(micros / 1_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _with_context(job):
-    from reportd.cli import plugin_context
-
-    context = plugin_context(click.get_current_context())
-
-    async def run():
-        await context.storage.open()
-        try:
-            return await job(context)
-        finally:
-            await context.storage.close()
-
-    try:
-        return asyncio.run(run())
-    except SchemaError as error:  # an out-of-date database, auto_migrate off
-        raise click.ClickException(str(error)) from None
-
-
 @hookimpl
 def reportd_register_commands(cli: click.Group):
     @cli.group(short_help="Email digest schedules: list, runs, send one now.")
@@ -458,7 +440,7 @@ def reportd_register_commands(cli: click.Group):
     @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
     def schedules_list(as_json: bool) -> None:
         """Every schedule, with its last execution and its last send error."""
-        rows, _ = _with_context(lambda c: c.storage.list_schedules(ScheduleQuery()))
+        rows, _ = run_with_context(lambda c: c.storage.list_schedules(ScheduleQuery()))
         if as_json:
             echo_json_lines({**s.to_api(), "last_error": s.last_error} for s in rows)
             return
@@ -481,7 +463,7 @@ def reportd_register_commands(cli: click.Group):
                 raise click.ClickException(f"no schedule {schedule_id}")
             return await context.storage.schedule_runs(schedule_id, limit)
 
-        runs = _with_context(job)
+        runs = run_with_context(job)
         if as_json:
             echo_json_lines(
                 {"period_start": _micros_iso(r.period_start), "period_end": _micros_iso(r.period_end),
@@ -524,4 +506,4 @@ def reportd_register_commands(cli: click.Group):
             await Mailer(smtp).send(mail)
             return f"sent to {', '.join(schedule.send_to)}: {digest.subject}"
 
-        click.echo(_with_context(job))
+        click.echo(run_with_context(job))

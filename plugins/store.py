@@ -14,11 +14,13 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import click
 import orjson
 from aiohttp import web
+from reportd_plugins.store_commands import reports as reports_command
 
 from reportd import PluginContext, Processor, Report, Setting, hookimpl, query, require_permission
-from reportd.formats import Envelope, ReportError
+from reportd.formats import ReportError
 from reportd.formats.puppet import is_yaml
 from reportd.periodic import drain, every
 from reportd.settings import as_duration, as_positive_int
@@ -53,6 +55,11 @@ def reportd_declare_settings():
 @hookimpl
 def reportd_register_processors():
     return [StoreProcessor]
+
+
+@hookimpl
+def reportd_register_commands(cli: click.Group):
+    cli.add_command(reports_command)
 
 
 class StoreProcessor(Processor):
@@ -199,10 +206,9 @@ class StoreAPI:
             # The type the body was read as, never the one the client claimed (text/html...).
             return web.Response(body=row.body, content_type=_raw_type(row))
         try:
-            report = await self.context.parse_report(row.body, Envelope.from_dict(dict(row.envelope)))
+            report = await self.context.rebuild_report(row.id, row.envelope, row.body)
         except ReportError as error:
             raise api_error(500, f"stored report unreadable: {error.message}") from None
-        report.id = row.id
         # The report is encoded once, off the loop when large, and spliced into the answer.
         encoded = await self.context.run_large(len(row.body), report.to_json)
         item = orjson.dumps(self.report_item(request, row))

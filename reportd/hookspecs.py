@@ -143,7 +143,8 @@ def reportd_register_commands(cli: click.Group) -> None:
     (with ``ctx = click.get_current_context()``) returns a
     :class:`reportd.PluginContext` with the configuration, every plugin's parsed
     settings and an **unopened** storage: ``await context.storage.open()`` and
-    close it when done. Must not return an awaitable.
+    close it when done; ``reportd.cli.run_with_context(job)`` does that around
+    ``await job(context)``. Must not return an awaitable.
 
     :param cli: a :class:`click.Group` collecting this plugin's commands.
     """

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import click
@@ -54,3 +55,10 @@ def progress(length: int | None, label: str) -> Iterator[Progress]:
         length=length, label=label, file=sys.stderr, show_pos=True, show_eta=length is not None
     ) as bar:
         yield bar
+
+
+def iso_time(timestamp: float | None) -> str:
+    """A UNIX time as ISO 8601 UTC to the second, ``-`` for none (table cells)."""
+    if timestamp is None:
+        return "-"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

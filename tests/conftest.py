@@ -84,19 +84,34 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def listening_port(log: bytes) -> int | None:
+    """The port of the ``listening`` line in a daemon's JSON log, once it is there."""
+    for line in log.split(b"\n")[:-1]:  # whole lines only: the last may be half written
+        if b'"event": "listening"' in line:
+            address = orjson.loads(line)["addresses"][0]
+            return int(address.rsplit(":", 1)[1])
+    return None
+
+
 class Daemon:
     """A real ``reportd serve`` process."""
 
     def __init__(self, config_path: Path, log_path: Path, scheme: str = "http") -> None:
         self.config_path = config_path
         self.log_path = log_path
-        self.port = free_port()
-        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.scheme = scheme
+        self.port = 0  # the first start lets the kernel choose; a restart keeps that port
         self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.port, "the daemon's address is known once it has started"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0, preexec_fn=None) -> Daemon:
         """Start and wait until it listens; ``preexec_fn`` runs in the child (resource limits)."""
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            logged = log.tell()
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "reportd", "--config", str(self.config_path), "serve",
                  "--listen", f"127.0.0.1:{self.port}"],
@@ -107,7 +122,8 @@ class Daemon:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"reportd exited {self.process.returncode}: {self.log_path.read_text()}")
-            if b'"event": "listening"' in self.log_path.read_bytes():
+            if (port := listening_port(self.log_path.read_bytes()[logged:])) is not None:
+                self.port = port
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"reportd did not start: {self.log_path.read_text()}")

@@ -253,8 +253,9 @@ def test_plugins_lists_builtin_and_local(ini):
     assert lines[store + 1] == "  processors: store"
     assert (
         lines[store + 2]
-        == "  hooks: reportd_add_routes, reportd_declare_settings, reportd_register_processors"
-    )
+        == "  hooks: reportd_add_routes, reportd_declare_settings, reportd_register_commands,"
+        " reportd_register_processors"
+    )  # the store's `reports` command is the store plugin's own
     local = lines.index(f"reportd_local_testprocs  ({LOCAL_PLUGINS / 'testprocs.py'})")
     assert lines[local + 1] == (
         "  processors: recorder (disabled), flaky, broken (disabled), slow (disabled), unready (disabled),"
