@@ -1,4 +1,4 @@
-"""Deliver every accepted report to every enabled processor, durably.
+"""Deliver every accepted report to every processor that wants it, durably.
 
 One worker task per processor claims due deliveries from storage (so a
 restart resumes where the last run stopped), hands them over in batches and

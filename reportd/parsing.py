@@ -71,12 +71,13 @@ class ReportParser:
 
     async def parse(self, body: bytes, envelope: Envelope) -> Report:
         """:func:`reportd.formats.parse`, off the loop for a large body."""
-        return await self.run(len(body), is_yaml_body(envelope, body), parse, body, envelope)
+        yaml = is_yaml_body(envelope.format, envelope.content_type, body)
+        return await self.run(len(body), yaml, parse, body, envelope)
 
 
-def is_yaml_body(envelope: Envelope, body: bytes) -> bool:
+def is_yaml_body(format: str, content_type: str, body: bytes) -> bool:
     """Whether ``body`` is parsed as YAML: the slower kind, sent to the pool sooner."""
-    return envelope.format == "puppet" and is_yaml(envelope.content_type, body)
+    return format == "puppet" and is_yaml(content_type, body)
 
 
 class ByteBudget:

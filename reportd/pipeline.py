@@ -51,7 +51,7 @@ async def rebuild_off_loop(
     parser: ReportParser, report_id: int, envelope: Mapping[str, Any], body: bytes
 ) -> Report:
     """:func:`rebuild`, on a parse worker when the body is large (as at ingest)."""
-    yaml = is_yaml_body(Envelope.from_dict(dict(envelope)), body)
+    yaml = is_yaml_body(envelope["format"], envelope["content_type"], body)
     return await parser.run(len(body), yaml, rebuild, report_id, envelope, body)
 
 

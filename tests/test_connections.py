@@ -36,6 +36,16 @@ def unique_report() -> tuple[str, bytes]:
     return f"/puppet/v3/report/{certname}?environment=production", body
 
 
+async def open_put(port: int, path: str, length: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection that has sent the head of a report PUT of ``length`` bytes, and no body yet."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"PUT {path} HTTP/1.1\r\nHost: reportd.example.test\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n".encode()
+    )
+    return reader, writer
+
+
 async def put_report(url: str, *, ssl_context: ssl.SSLContext | None = None) -> int:
     """One agent run's upload, on a connection of its own as an agent makes it."""
     path, body = unique_report()
@@ -200,12 +210,8 @@ async def test_what_the_http_parser_refuses_is_answered_in_json(
 async def test_a_slow_body_is_cut_with_408_while_an_agent_is_served(daemon_factory, tmp_path):
     daemon = daemon_factory(ini_for(tmp_path, "body_timeout_base = 1s\nmin_body_rate = 64KiB\n")).start()
     path, body = unique_report()
-    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
     started = time.monotonic()
-    writer.write(
-        f"PUT {path} HTTP/1.1\r\nHost: reportd.example.test\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n".encode()
-    )
+    reader, writer = await open_put(daemon.port, path, len(body))
     dripping = asyncio.create_task(drip(writer, b" ", 0.1))
     # Meanwhile an agent uploads its report, and is answered at once.
     agent_started = time.monotonic()
@@ -248,11 +254,7 @@ async def test_a_body_sent_at_the_floor_rate_is_not_cut(daemon_factory, tmp_path
     daemon = daemon_factory(ini_for(tmp_path, "body_timeout_base = 0.5s\nmin_body_rate = 4KiB\n")).start()
     path, body = unique_report()
     body = body[:-1] + b" " * (16384 - len(body)) + b"}"
-    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
-    writer.write(
-        f"PUT {path} HTTP/1.1\r\nHost: reportd.example.test\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n".encode()
-    )
+    reader, writer = await open_put(daemon.port, path, len(body))
     for offset in range(0, len(body), 820):
         writer.write(body[offset : offset + 820])
         await writer.drain()
@@ -325,11 +327,7 @@ async def test_at_the_cap_with_no_connection_to_close_new_ones_wait_without_spin
     writers, drips = [], []
     for _ in range(20):
         path, _ = unique_report()
-        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
-        writer.write(
-            f"PUT {path} HTTP/1.1\r\nHost: reportd.example.test\r\nContent-Type: application/json\r\n"
-            "Content-Length: 100000\r\n\r\n".encode()
-        )
+        reader, writer = await open_put(daemon.port, path, 100000)
         writers.append((reader, writer))
         drips.append(asyncio.create_task(drip(writer, b" " * 10, 0.2)))
     await asyncio.sleep(0.5)
@@ -365,11 +363,7 @@ async def test_at_the_cap_requests_waiting_for_body_memory_with_trickling_bodies
     clients, drips = [], []
     for index in range(10):
         path, _ = unique_report()
-        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
-        writer.write(
-            f"PUT {path} HTTP/1.1\r\nHost: reportd.example.test\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {200000 if index == 0 else 60000}\r\n\r\n".encode()
-        )
+        reader, writer = await open_put(daemon.port, path, 200000 if index == 0 else 60000)
         if index == 0:
             writer.write(b" " * 70000)
         # The first, being read, keeps up with min_body_rate; those waiting trickle.
