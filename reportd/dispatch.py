@@ -33,7 +33,9 @@ POLL_INTERVAL = 1.0  # also picks up retries made from the CLI
 BATCH_BYTES = 32 * 1024 * 1024
 #: Spooled reports read from storage in one query.
 LOAD_CHUNK = 16
-#: Bodies let go at once from which the memory they held is handed back to the system.
+#: A body at least this large, let go, has its memory handed back to the system (glibc
+#: keeps it otherwise). Smaller ones' memory is reused by the allocator as it is: a trim
+#: per batch of small reports cost a quarter of ingest throughput.
 LARGE_BYTES = 1024 * 1024
 
 
@@ -168,7 +170,7 @@ class Dispatcher:
                 await self._record_failures(processor, claims, reports, failures)
             released = [self._cache.delivered(r.id, processor.name) for r in reports]
             released += [self._cache.delivered(report_id, processor.name) for report_id in failures]
-            if sum(released) >= LARGE_BYTES:
+            if max(released, default=0) >= LARGE_BYTES:
                 release_free_memory()
 
     async def _call(self, processor: Processor, reports: list[Report]) -> dict[int, BaseException]:
