@@ -137,15 +137,17 @@ def tune_allocator() -> None:
     By default each thread that allocates gets an arena of its own (the parse
     pool, the SQLite writer), and blocks above a threshold that grows with use
     come from those arenas instead of mmap: a burst of large reports leaves
-    hundreds of MB held that nothing uses. One arena and a fixed 256 KiB mmap
+    hundreds of MB held that nothing uses. One arena and a fixed 1 MiB mmap
     threshold hand it back (measured: bench/memory.py); the GIL serializes
-    allocation anyway, so one arena costs no contention worth measuring.
+    allocation anyway, so one arena costs no contention worth measuring. Not
+    lower: at 256 KiB the buffers of every ordinary report came from mmap, and
+    their page faults cost 7 % of ingest throughput (bench/ingest.py).
     """
     mallopt = getattr(_libc(), "mallopt", None) if _libc() else None
     if mallopt is not None:
         mallopt(_M_ARENA_MAX, 1)
-        mallopt(_M_MMAP_THRESHOLD, 256 * 1024)
-        mallopt(_M_TRIM_THRESHOLD, 1024 * 1024)
+        mallopt(_M_MMAP_THRESHOLD, 1024 * 1024)
+        mallopt(_M_TRIM_THRESHOLD, 16 * 1024 * 1024)
 
 
 def release_free_memory() -> None:

@@ -272,14 +272,24 @@ _fromisoformat = datetime.fromisoformat
 
 
 def quick_time(value: Any) -> datetime | None:
-    """The common case at once: an ISO-8601 string in UTC, as most agents send; else None."""
+    """The common case at once: an ISO-8601 string with an offset, in UTC; else None.
+
+    Agents write their local offset (``+01:00``) on every resource, event and log
+    line: converting here spares the second parse :func:`parse_time` would make.
+    """
     if type(value) is str and len(value) <= 64:
         try:
             parsed = _fromisoformat(value)
         except ValueError:
             return None
-        if parsed.tzinfo is UTC:
+        zone = parsed.tzinfo
+        if zone is UTC:
             return parsed
+        if zone is not None:
+            try:
+                return parsed.astimezone(UTC)
+            except OverflowError:
+                return None
     return None
 
 

@@ -7,7 +7,7 @@ with ``!ruby/object:Puppet::Transaction::Report``, read as a plain mapping
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from reportd.formats import Envelope, fields
@@ -180,7 +180,7 @@ def _text(value: Any, where: str) -> str:
 
 
 _NUMBER_OR_NONE = (int, float, type(None))
-_fromisoformat = datetime.fromisoformat
+_quick_time = fields.quick_time
 _INT64_MAX = fields.INT64_MAX
 _join = "".join
 
@@ -226,15 +226,10 @@ def _resource_statuses(value: Any) -> list[ResourceStatus]:
             valid = False
         if not valid:
             _refuse_resource_fields(key, entry, resource_type)
-        if type(when) is str:
-            try:
-                moment = _fromisoformat(when)
-            except ValueError:
-                moment = None
-            if moment is None or moment.tzinfo is not UTC:
-                moment = parse_time(when, f"resource_statuses[{key}].time")[0]
+        if when is None:
+            moment = None
         else:
-            moment = None if when is None else parse_time(when, f"resource_statuses[{key}].time")[0]
+            moment = _quick_time(when) or parse_time(when, f"resource_statuses[{key}].time")[0]
         append(
             ResourceStatus(
                 resource_type,
