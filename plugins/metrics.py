@@ -154,18 +154,28 @@ def render_payloads(payloads: list[tuple], categories: Sequence[str]) -> list[di
 
 
 def _compact(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
-    # Thousands of nodes share a few dozen metric names: one copy of each. Only finite
-    # numbers: a store written before ingest refused NaN may still hold one (as null),
-    # and one such value must not fail every scrape.
-    return {
-        sys.intern(category): {
-            sys.intern(key): value
-            for key, value in values.items()
-            if type(value) in (int, float) and math.isfinite(value)
+    # Thousands of nodes share a few dozen metric names: one copy of each. A report's
+    # metrics are finite numbers already (ingest refuses any other).
+    return {sys.intern(c): {sys.intern(k): v for k, v in values.items()} for c, values in metrics.items()}
+
+
+def _compact_stored(metrics: Any) -> dict[str, dict[str, float]]:
+    """:func:`_compact` of a stored summary's metrics, finite numbers only: a store written
+    before ingest refused NaN may still hold one (as null), and one such value must not
+    fail every scrape."""
+    if not isinstance(metrics, Mapping):
+        return {}
+    return _compact(
+        {
+            category: {
+                key: value
+                for key, value in values.items()
+                if type(value) in (int, float) and math.isfinite(value)
+            }
+            for category, values in metrics.items()
+            if isinstance(values, Mapping)
         }
-        for category, values in metrics.items()
-        if isinstance(values, Mapping)
-    }
+    )
 
 
 def _gauge(name: str, labels: list[str], value: float) -> GaugeMetricFamily:
@@ -334,7 +344,7 @@ class NodeTable:
                     change_kind=row.change_kind,
                     transaction_completed=summary.get("transaction_completed", True),
                     cached_catalog_status=summary.get("cached_catalog_status"),
-                    metrics=_compact(summary.get("metrics", {})),
+                    metrics=_compact_stored(summary.get("metrics")),
                     stale_after=self.stale_rules.interval(row.certname, row.environment),
                 )
                 self.dirty.add(row.certname)

@@ -57,13 +57,14 @@ def configure_logging(
             *shared,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            renderer,
         ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        logger_factory=LineWriter,
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = RateLimitedHandler(sys.stdout, limiter, syslog_prefix=stream_is_journal(sys.stdout))
+    global _handler
+    handler = _handler = RateLimitedHandler(sys.stdout, limiter, syslog_prefix=stream_is_journal(sys.stdout))
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             # A stdlib record's exc_info is a (type, value, traceback) tuple, which the JSON
@@ -207,6 +208,64 @@ class MalformedRequestsAsWarnings(logging.Filter):
         return True
 
 
+class LineWriter:
+    """structlog's logger: writes an event rendered by the chain to the log's one handler.
+
+    Not through a stdlib logger: its record, caller lookup and handler chain cost more
+    than the event itself, and ingest writes one line per report. Levels are still
+    the stdlib's (``filter_by_level`` asks :meth:`isEnabledFor`), and lines from
+    stdlib loggers (aiohttp, asyncio) go to the same handler, under the same lock.
+    """
+
+    def __init__(self, name: str | None = None, *args: Any) -> None:
+        self.name = name or "root"
+        self._levels = logging.getLogger(name)
+
+    @property
+    def disabled(self) -> bool:
+        return self._levels.disabled
+
+    def isEnabledFor(self, level: int) -> bool:
+        return self._levels.isEnabledFor(level)
+
+    def getEffectiveLevel(self) -> int:
+        return self._levels.getEffectiveLevel()
+
+    def _write(self, levelno: int, line: str) -> None:
+        handler = _handler
+        if handler is None:
+            sys.stderr.write(line + "\n")
+        else:
+            handler.write_line(levelno, line)
+
+    def debug(self, line: str) -> None:
+        self._write(logging.DEBUG, line)
+
+    def info(self, line: str) -> None:
+        self._write(logging.INFO, line)
+
+    def warning(self, line: str) -> None:
+        self._write(logging.WARNING, line)
+
+    warn = warning
+
+    def error(self, line: str) -> None:
+        self._write(logging.ERROR, line)
+
+    exception = error
+
+    def critical(self, line: str) -> None:
+        self._write(logging.CRITICAL, line)
+
+    fatal = critical
+
+    def msg(self, line: str) -> None:
+        self._write(logging.INFO, line)
+
+
+_handler: RateLimitedHandler | None = None
+
+
 class RateLimitedHandler(logging.StreamHandler):
     """A stream handler whose stdlib records go through a :class:`RateLimiter`.
 
@@ -220,12 +279,26 @@ class RateLimitedHandler(logging.StreamHandler):
         self.syslog_prefix = syslog_prefix
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        return self._prefixed(record.levelno, super().format(record))
+
+    def _prefixed(self, levelno: int, text: str) -> str:
         if self.syslog_prefix:
             # journald reads a leading <N> as the line's priority (SyslogLevelPrefix=, on by
             # default) and drops it from the message: `journalctl -p err` then finds errors.
-            return f"<{syslog_priority(record.levelno)}>{text}"
+            return f"<{syslog_priority(levelno)}>{text}"
         return text
+
+    def write_line(self, levelno: int, text: str) -> None:
+        """Write a line rendered already (a structlog event), as :meth:`emit` writes a record's."""
+        line = self._prefixed(levelno, text) + self.terminator
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            try:
+                self.stream.write(line)
+                self.flush()
+            except RecursionError:
+                raise
+            except Exception:
+                self.handleError(None)  # type: ignore[arg-type]
 
     def handle(self, record: logging.LogRecord) -> logging.LogRecord | bool:
         limited = record.levelno >= logging.WARNING and not isinstance(record.msg, dict)

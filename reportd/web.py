@@ -136,11 +136,16 @@ async def read_body(request: web.Request, limit: int, share: Share | None = None
     config = request.app[CONFIG]
     pace = BodyPace(request, config.body_timeout_base, config.min_body_rate)
     chunks = bytearray()
+    content = request.content
     try:
         while True:
             try:
-                async with asyncio.timeout_at(pace.deadline(len(chunks))):
-                    chunk = await request.content.read(256 * 1024)
+                # What has arrived already (an agent's whole report, often) is taken
+                # without the timer a wait needs.
+                chunk = content.read_nowait(256 * 1024)
+                if not chunk and not content.at_eof():
+                    async with asyncio.timeout_at(pace.deadline(len(chunks))):
+                        chunk = await content.read(256 * 1024)
             except TimeoutError:
                 received, seconds = pace.received(len(chunks)), pace.seconds()
                 log.warning(
