@@ -1,23 +1,13 @@
-"""The jobs storage written once for both SQL backends.
+"""The jobs storage written once for both SQL backends (see :mod:`reportd.storage.sql`).
 
-Each operation is a generator of :class:`Query` objects: it yields a statement,
-receives its result and decides on the next one. The backends only drive these
-generators (:func:`run_sqlite` inside the SQLite writer's transaction,
-:func:`run_postgres` in an asyncpg transaction), so the transition rules
-cannot drift apart between SQLite and PostgreSQL.
-
-Statements are written with ``?`` placeholders (turned into ``$n`` for
-PostgreSQL) and two markers: ``{for_update}`` locks the rows read (PostgreSQL;
-SQLite's single writer needs no lock) and ``{skip_locked}`` also skips rows
-another transaction holds. Every operation that changes a job locks the job's
-row first, so its nodes and state are changed by one transaction at a time,
-and every transition is an ``UPDATE ... WHERE state = <expected>``.
+Every operation that changes a job locks the job's row first (``{for_update}``),
+so its nodes and state are changed by one transaction at a time, and every
+transition is an ``UPDATE ... WHERE state = <expected>``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -48,6 +38,68 @@ from reportd.storage.jobs import (
     NodeOutcome,
     StatusEntry,
 )
+from reportd.storage.sql import Query, SQLOperations, Steps
+from reportd.storage.sql import count as _count
+from reportd.storage.sql import marks as _marks
+from reportd.storage.sql import row as _one
+from reportd.storage.sql import rows as _all
+from reportd.storage.sql import value as _value
+
+# The backends' schema version 3 (types as in reportd.storage.sql.ddl).
+MIGRATION = """
+CREATE TABLE jobs (
+    id {int64} PRIMARY KEY,
+    type TEXT NOT NULL,
+    state TEXT NOT NULL,
+    owner_id TEXT NOT NULL,
+    owner_login TEXT NOT NULL,
+    environment TEXT,
+    options {blob} NOT NULL,
+    description TEXT,
+    timeout {float},
+    deadline {float},
+    timed_out INTEGER NOT NULL DEFAULT 0,
+    created_at {float} NOT NULL,
+    updated_at {float} NOT NULL,
+    finished_at {float}
+);
+CREATE INDEX jobs_deadline ON jobs (timed_out, deadline);
+CREATE TABLE job_status (
+    job_id {int64} NOT NULL,
+    seq INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    enter_time {float} NOT NULL,
+    exit_time {float},
+    PRIMARY KEY (job_id, seq)
+){without_rowid};
+CREATE TABLE job_nodes (
+    job_id {int64} NOT NULL,
+    certname TEXT NOT NULL,
+    state TEXT NOT NULL,
+    updated_at {float} NOT NULL,
+    error_kind TEXT,
+    transaction_uuid TEXT,
+    report_id {int64},
+    start_time {float},
+    finish_time {float},
+    details {blob} NOT NULL,
+    message TEXT,
+    result {blob},
+    events {blob},
+    PRIMARY KEY (job_id, certname)
+){without_rowid};
+CREATE INDEX job_nodes_state ON job_nodes (job_id, state);
+CREATE TABLE job_events (
+    id {serial_pk},
+    job_id {int64} NOT NULL,
+    type TEXT NOT NULL,
+    timestamp {float} NOT NULL,
+    certname TEXT,
+    detail {blob} NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX job_events_job ON job_events (job_id, id);
+"""
 
 # Advisory lock keys (PostgreSQL): one allocator of deploy ids at a time, and event
 # ids handed out in commit order so a reader polling ``start=N`` never misses one.
@@ -72,37 +124,6 @@ ORDER_COLUMNS = {
     "name": "id",
     "state": "state",
 }
-
-
-@dataclass(frozen=True)
-class Query:
-    sql: str
-    params: Sequence[Any] = ()
-    fetch: str = "all"  # all | one | value | count | many
-    postgres_only: bool = False
-
-
-Steps = Generator[Query, Any, Any]
-
-
-def _all(sql: str, *params: Any) -> Query:
-    return Query(sql, params, "all")
-
-
-def _one(sql: str, *params: Any) -> Query:
-    return Query(sql, params, "one")
-
-
-def _value(sql: str, *params: Any) -> Query:
-    return Query(sql, params, "value")
-
-
-def _count(sql: str, *params: Any) -> Query:
-    return Query(sql, params, "count")
-
-
-def _marks(values: Sequence[Any]) -> str:
-    return ", ".join("?" * len(values))
 
 
 def _json(value: Any) -> bytes:
@@ -135,104 +156,40 @@ def implicit_job_options(environment: str | None, noop: bool) -> dict[str, Any]:
 # -- drivers -------------------------------------------------------------------------
 
 
-def run_sqlite(conn, steps: Steps) -> Any:
-    """Drive ``steps`` on a sqlite3 connection (inside the caller's transaction)."""
-    try:
-        query = next(steps)
-        while True:
-            query = steps.send(_sqlite_execute(conn, query))
-    except StopIteration as stop:
-        return stop.value
-
-
-def _sqlite_execute(conn, query: Query) -> Any:
-    if query.postgres_only:
-        return None
-    sql = query.sql.replace("{for_update}", "").replace("{skip_locked}", "")
-    if query.fetch == "many":
-        conn.executemany(sql, query.params)
-        return None
-    cursor = conn.execute(sql, tuple(query.params))
-    if query.fetch == "all":
-        return cursor.fetchall()
-    if query.fetch == "one":
-        return cursor.fetchone()
-    if query.fetch == "value":
-        row = cursor.fetchone()
-        return row[0] if row else None
-    return cursor.rowcount
-
-
-def postgres_sql(sql: str) -> str:
-    sql = sql.replace("{for_update}", " FOR UPDATE").replace("{skip_locked}", " FOR UPDATE SKIP LOCKED")
-    parts = sql.split("?")
-    return "".join(part + (f"${n}" if n < len(parts) else "") for n, part in enumerate(parts, start=1))
-
-
-async def run_postgres(conn, steps: Steps) -> Any:
-    """Drive ``steps`` on an asyncpg connection (inside the caller's transaction)."""
-    try:
-        query = next(steps)
-        while True:
-            query = steps.send(await _postgres_execute(conn, query))
-    except StopIteration as stop:
-        return stop.value
-
-
-async def _postgres_execute(conn, query: Query) -> Any:
-    sql = postgres_sql(query.sql)
-    if query.fetch == "many":
-        await conn.executemany(sql, query.params)
-        return None
-    if query.fetch == "all":
-        return [tuple(row) for row in await conn.fetch(sql, *query.params)]
-    if query.fetch == "one":
-        row = await conn.fetchrow(sql, *query.params)
-        return tuple(row) if row is not None else None
-    if query.fetch == "value":
-        return await conn.fetchval(sql, *query.params)
-    status = await conn.execute(sql, *query.params)
-    return int(status.rsplit(" ", 1)[-1])
-
-
 # -- the shared implementation --------------------------------------------------------
 
 
-class SQLJobStorage(JobStorage):
-    """:class:`JobStorage` for both SQL backends; they provide :meth:`_run_job_steps`."""
-
-    async def _run_job_steps(self, make: Callable[[], Steps], *, write: bool) -> Any:
-        """Run the generator ``make()`` returns in one transaction (again from the start on retry)."""
-        raise NotImplementedError
+class SQLJobStorage(SQLOperations, JobStorage):
+    """:class:`JobStorage` for both SQL backends."""
 
     async def create_job(self, job: NewJob, now: float) -> int:
-        return await self._run_job_steps(lambda: _create_job(job, float(now)), write=True)
+        return await self._run_steps(lambda: _create_job(job, float(now)), write=True)
 
     async def start_job(self, job_id: int, now: float) -> bool:
-        return await self._run_job_steps(lambda: _start_job(job_id, float(now)), write=True)
+        return await self._run_steps(lambda: _start_job(job_id, float(now)), write=True)
 
     async def get_job(self, job_id: int) -> JobRecord | None:
-        jobs = await self._run_job_steps(lambda: _load_jobs([job_id]), write=False)
+        jobs = await self._run_steps(lambda: _load_jobs([job_id]), write=False)
         return jobs[0] if jobs else None
 
     async def list_jobs(
         self, *, type: str | None, order_by: str | None, descending: bool, limit: int | None, offset: int
     ) -> tuple[list[JobRecord], int]:
-        return await self._run_job_steps(
+        return await self._run_steps(
             lambda: _list_jobs(type, order_by, descending, limit, offset), write=False
         )
 
     async def job_nodes(self, job_id: int, *, with_events: bool = False) -> list[JobNodeRecord]:
-        return await self._run_job_steps(lambda: _job_nodes(job_id, with_events), write=False)
+        return await self._run_steps(lambda: _job_nodes(job_id, with_events), write=False)
 
     async def job_events(self, job_id: int, start: int) -> list[JobEventRecord]:
-        return await self._run_job_steps(lambda: _job_events(job_id, start), write=False)
+        return await self._run_steps(lambda: _job_events(job_id, start), write=False)
 
     async def last_job_event(self, job_id: int) -> int | None:
-        return await self._run_job_steps(lambda: _last_job_event(job_id), write=False)
+        return await self._run_steps(lambda: _last_job_event(job_id), write=False)
 
     async def mark_node_running(self, job_id: int, certname: str, now: float) -> bool:
-        return await self._run_job_steps(lambda: _mark_node_running(job_id, certname, float(now)), write=True)
+        return await self._run_steps(lambda: _mark_node_running(job_id, certname, float(now)), write=True)
 
     async def record_node_outcome(self, outcome: NodeOutcome, now: float) -> bool:
         (changed,) = await self.record_node_outcomes([outcome], now)
@@ -241,24 +198,24 @@ class SQLJobStorage(JobStorage):
     async def record_node_outcomes(self, outcomes: Sequence[NodeOutcome], now: float) -> list[bool]:
         if not outcomes:
             return []
-        return await self._run_job_steps(lambda: _record_node_outcomes(outcomes, float(now)), write=True)
+        return await self._run_steps(lambda: _record_node_outcomes(outcomes, float(now)), write=True)
 
     async def fail_node_start(self, job_id: int, certname: str, message: str, now: float) -> bool:
-        return await self._run_job_steps(
+        return await self._run_steps(
             lambda: _fail_node_start(job_id, certname, message, float(now)), write=True
         )
 
     async def stop_job(self, job_id: int, now: float) -> JobRecord | None:
-        return await self._run_job_steps(lambda: _stop_job(job_id, float(now)), write=True)
+        return await self._run_steps(lambda: _stop_job(job_id, float(now)), write=True)
 
     async def expire_job_timeouts(self, now: float) -> list[int]:
-        return await self._run_job_steps(lambda: _expire_job_timeouts(float(now)), write=True)
+        return await self._run_steps(lambda: _expire_job_timeouts(float(now)), write=True)
 
     async def next_job_deadline(self) -> float | None:
-        return await self._run_job_steps(_next_job_deadline, write=False)
+        return await self._run_steps(_next_job_deadline, write=False)
 
     async def resumable_jobs(self) -> list[int]:
-        return await self._run_job_steps(_resumable_jobs, write=False)
+        return await self._run_steps(_resumable_jobs, write=False)
 
 
 # -- steps ---------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -51,9 +51,10 @@ from reportd.storage import (
     StorageUnavailable,
     StoredReport,
     check_schema,
-    postgres_jobs,
-    postgres_schedules,
+    jobs_sql,
+    schedules_sql,
 )
+from reportd.storage.jobs_sql import SQLJobStorage
 from reportd.storage.rows import (
     NEWER_RUN_SET,
     NODE_COLUMNS,
@@ -65,6 +66,8 @@ from reportd.storage.rows import (
     token_entry,
     token_record,
 )
+from reportd.storage.schedules_sql import SQLScheduleStorage
+from reportd.storage.sql import POSTGRES, Steps, ddl, run_postgres
 
 log = structlog.get_logger("reportd.storage.postgres")
 
@@ -73,6 +76,7 @@ GROUP_LINGER = 0.001  # seconds a lone accept waits for company before committin
 COMPRESSION_LEVEL = 1  # as in sqlite.py
 HEALTH_INTERVAL = 2.0  # seconds a health verdict is reused
 HEALTH_TIMEOUT = 1.0
+DEADLOCK_RETRIES = 5
 _MIGRATION_LOCK = 0x7265706F  # advisory lock key ("repo"): one migrator at a time
 
 # Version N is MIGRATIONS[N - 1], numbered like sqlite.py's list.
@@ -155,8 +159,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE reports ADD COLUMN organization_id BIGINT;
     ALTER TABLE reports ADD COLUMN location_id BIGINT;
     """,
-    postgres_jobs.MIGRATION,
-    postgres_schedules.MIGRATION,
+    ddl(jobs_sql.MIGRATION, POSTGRES),
+    ddl(schedules_sql.MIGRATION, POSTGRES),
     # Tokens may expire (NULL: never).
     "ALTER TABLE tokens ADD COLUMN expires_at DOUBLE PRECISION",
 ]
@@ -194,7 +198,7 @@ class _Pending:
         self.future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
 
 
-class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSchedules, Storage):
+class PostgresStorage(SQLJobStorage, SQLScheduleStorage, Storage):
     def __init__(self, dsn: str, *, schema: str | None = None, auto_migrate: bool = True):
         self.dsn = dsn
         self.schema = schema
@@ -330,6 +334,21 @@ class PostgresStorage(postgres_jobs.PostgresJobs, postgres_schedules.PostgresSch
     def pool(self) -> asyncpg.Pool:
         assert self._pool is not None, "storage is not open"
         return self._pool
+
+    async def _run_steps(self, make: Callable[[], Steps], *, write: bool) -> Any:
+        # A read is one snapshot, as on SQLite; a write chosen as a deadlock victim runs again.
+        for attempt in range(DEADLOCK_RETRIES):
+            try:
+                async with self.pool.acquire() as conn:
+                    if write:
+                        async with conn.transaction():
+                            return await run_postgres(conn, make())
+                    async with conn.transaction(isolation="repeatable_read", readonly=True):
+                        return await run_postgres(conn, make())
+            except asyncpg.DeadlockDetectedError:
+                if attempt == DEADLOCK_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     # -- spool -----------------------------------------------------------------
     async def accept(self, entry: InboxEntry, processors: Sequence[str]) -> Accepted:

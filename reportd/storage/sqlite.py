@@ -42,9 +42,10 @@ from reportd.storage import (
     StorageUnavailable,
     StoredReport,
     check_schema,
-    sqlite_jobs,
-    sqlite_schedules,
+    jobs_sql,
+    schedules_sql,
 )
+from reportd.storage.jobs_sql import SQLJobStorage
 from reportd.storage.rows import (
     NEWER_RUN_SET,
     NODE_COLUMNS,
@@ -56,6 +57,8 @@ from reportd.storage.rows import (
     token_entry,
     token_record,
 )
+from reportd.storage.schedules_sql import SQLScheduleStorage
+from reportd.storage.sql import SQLITE, Steps, ddl, run_sqlite
 
 T = TypeVar("T")
 MAX_GROUP = 512
@@ -143,14 +146,14 @@ MIGRATIONS: list[str] = [
     ALTER TABLE reports ADD COLUMN organization_id INTEGER;
     ALTER TABLE reports ADD COLUMN location_id INTEGER
     """,
-    sqlite_jobs.MIGRATION,
-    sqlite_schedules.MIGRATION,
+    ddl(jobs_sql.MIGRATION, SQLITE),
+    ddl(schedules_sql.MIGRATION, SQLITE),
     # Tokens may expire (NULL: never).
     "ALTER TABLE tokens ADD COLUMN expires_at REAL",
 ]
 
 
-class SQLiteStorage(sqlite_jobs.SQLiteJobs, sqlite_schedules.SQLiteSchedules, Storage):
+class SQLiteStorage(SQLJobStorage, SQLScheduleStorage, Storage):
     def __init__(
         self,
         path: str | Path,
@@ -246,6 +249,11 @@ class SQLiteStorage(sqlite_jobs.SQLiteJobs, sqlite_schedules.SQLiteSchedules, St
         if writer.last_error is not None and time.monotonic() - writer.last_error[1] < ERROR_MEMORY:
             return f"SQLite refuses writes: {writer.last_error[0]}"
         return None
+
+    async def _run_steps(self, make: Callable[[], Steps], *, write: bool) -> Any:
+        if write:  # in the writer's transaction: the only writer, so no locks are needed
+            return await self._write(lambda conn: run_sqlite(conn, make()))
+        return await self._read(lambda conn: _in_snapshot(conn, make))
 
     async def _read(self, job: Callable[[sqlite3.Connection], T]) -> T:
         assert self._readers is not None, "storage is not open"
@@ -657,6 +665,15 @@ def _lock(path: Path) -> int:
         os.close(fd)
         raise RuntimeError(f"another reportd is using {path.with_suffix('')}") from None
     return fd
+
+
+def _in_snapshot(conn: sqlite3.Connection, make: Callable[[], Steps]) -> Any:
+    """Run the steps in a read transaction of a reader connection: one snapshot."""
+    conn.execute("BEGIN")
+    try:
+        return run_sqlite(conn, make())
+    finally:
+        conn.execute("COMMIT")
 
 
 class _Writer(threading.Thread):
