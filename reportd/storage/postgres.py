@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -33,18 +33,12 @@ import asyncpg
 import orjson
 import structlog
 
-from reportd.auth import TokenRecord
 from reportd.config import redacted_url
 from reportd.storage import (
     Accepted,
     Claim,
-    DeadLetter,
     DeliveryFailure,
-    DeliveryState,
     InboxEntry,
-    NodeRow,
-    QueueStats,
-    ReportQuery,
     SchemaStatus,
     SpooledReport,
     Storage,
@@ -59,15 +53,12 @@ from reportd.storage.rows import (
     NEWER_RUN_SET,
     NODE_COLUMNS,
     REPORT_COLUMNS,
-    node,
     node_row,
     report_row,
-    stored_report,
-    token_entry,
-    token_record,
 )
 from reportd.storage.schedules_sql import SQLScheduleStorage
 from reportd.storage.sql import POSTGRES, Steps, ddl, run_postgres
+from reportd.storage.store_sql import SQLStoreOperations
 
 log = structlog.get_logger("reportd.storage.postgres")
 
@@ -198,7 +189,7 @@ class _Pending:
         self.future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
 
 
-class PostgresStorage(SQLJobStorage, SQLScheduleStorage, Storage):
+class PostgresStorage(SQLJobStorage, SQLScheduleStorage, SQLStoreOperations, Storage):
     def __init__(self, dsn: str, *, schema: str | None = None, auto_migrate: bool = True):
         self.dsn = dsn
         self.schema = schema
@@ -548,89 +539,6 @@ class PostgresStorage(SQLJobStorage, SQLScheduleStorage, Storage):
         for failure in failures:  # as in finish: only once the outcome is recorded
             self._leases.pop((processor, failure.report_id), None)
 
-    async def queue_stats(self) -> dict[str, QueueStats]:
-        rows = await self.pool.fetch(
-            "WITH s AS (SELECT processor,"
-            " count(*) FILTER (WHERE state = 'pending') AS pending,"
-            " count(*) FILTER (WHERE state = 'dead') AS dead,"
-            " min(report_id) FILTER (WHERE state = 'pending') AS oldest"
-            " FROM deliveries GROUP BY processor)"
-            " SELECT s.processor, s.pending, s.dead, i.received_at"
-            " FROM s LEFT JOIN inbox i ON i.id = s.oldest"
-        )
-        return {p: QueueStats(pending, dead, oldest) for p, pending, dead, oldest in rows}
-
-    async def dead_letters(self, processor: str | None, limit: int) -> list[DeadLetter]:
-        rows = await self.pool.fetch(
-            "SELECT d.processor, d.report_id, i.certname, d.attempts, d.last_error"
-            " FROM deliveries d JOIN inbox i ON i.id = d.report_id WHERE d.state = 'dead'"
-            " AND ($1::text IS NULL OR d.processor = $1) ORDER BY d.report_id LIMIT $2",
-            processor,
-            limit,
-        )
-        return [DeadLetter(*row) for row in rows]
-
-    async def delivery_states(self, keys: Sequence[tuple[str, int]]) -> list[DeliveryState]:
-        rows = await self.pool.fetch(
-            "SELECT d.processor, d.report_id, d.state, d.attempts, d.last_error FROM deliveries d"
-            " JOIN unnest($1::text[], $2::bigint[]) AS k (processor, report_id)"
-            " ON d.processor = k.processor AND d.report_id = k.report_id",
-            [k[0] for k in keys],
-            [k[1] for k in keys],
-        )
-        return [DeliveryState(*row) for row in rows]
-
-    async def retry(self, processor: str | None, report_ids: Sequence[int] | None, now: float) -> int:
-        sql = (
-            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = $1,"
-            " lease_until = NULL WHERE state = 'dead' AND ($2::text IS NULL OR processor = $2)"
-        )
-        params: list[Any] = [now, processor]
-        if report_ids is not None:
-            sql += " AND report_id = ANY($3::bigint[])"
-            params.append(list(report_ids))
-        return _rowcount(await self.pool.execute(sql, *params))
-
-    async def expire_spool(self, before: float, batch: int) -> int:
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "DELETE FROM run_starts WHERE (format, certname, run_id) IN (SELECT format, certname, run_id"
-                " FROM run_starts WHERE received_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                before,
-                batch,
-            )
-            return _rowcount(
-                await conn.execute(
-                    "DELETE FROM inbox WHERE id IN (SELECT id FROM inbox WHERE received_at < $1"
-                    " AND body IS NULL LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                    before,
-                    batch,
-                )
-            )
-
-    async def record_run_start(
-        self, format: str, certname: str, run_id: str, started_at: float | None, now: float
-    ) -> bool:
-        status = await self.pool.execute(
-            "INSERT INTO run_starts (format, certname, run_id, started_at, received_at)"
-            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            format,
-            certname,
-            run_id,
-            started_at,
-            now,
-        )
-        return _rowcount(status) == 1
-
-    async def run_started(self, format: str, certname: str, run_id: str) -> bool:
-        row = await self.pool.fetchrow(
-            "SELECT 1 FROM run_starts WHERE format = $1 AND certname = $2 AND run_id = $3",
-            format,
-            certname,
-            run_id,
-        )
-        return row is not None
-
     # -- store -----------------------------------------------------------------
     async def store_reports(self, reports: Sequence[StoredReport]) -> None:
         if not reports:
@@ -663,148 +571,6 @@ class PostgresStorage(SQLJobStorage, SQLScheduleStorage, Storage):
             *report_columns,
             *node_columns,
         )
-
-    async def query_reports(self, query: ReportQuery) -> list[StoredReport]:
-        clauses: list[str] = []
-        params: list[Any] = []
-
-        def param(value: Any) -> str:
-            params.append(value)
-            return f"${len(params)}"
-
-        for column in ("certname", "status", "environment", "organization", "organization_id", "location_id"):
-            value = getattr(query, column)
-            if value is not None:
-                clauses.append(f"{column} = {param(value)}")
-        if query.since is not None:
-            clauses.append(f"run_time >= {param(float(query.since))}")
-        if query.until is not None:
-            clauses.append(f"run_time < {param(float(query.until))}")
-        if query.after is not None:
-            run_time, report_id = param(float(query.after[0])), param(int(query.after[1]))
-            clauses.append(f"(run_time, id) < ({run_time}, {report_id})")
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = (
-            f"SELECT {REPORT_COLUMNS} FROM reports {where}"
-            f" ORDER BY run_time DESC, id DESC LIMIT {param(query.limit)}"
-        )
-        return [stored_report(row) for row in await self.pool.fetch(sql, *params)]
-
-    async def get_report(self, report_id: int) -> StoredReport | None:
-        columns = ", ".join(f"r.{c.strip()}" for c in REPORT_COLUMNS.split(","))
-        row = await self.pool.fetchrow(
-            f"SELECT {columns}, i.envelope, i.body FROM reports r JOIN inbox i ON i.id = r.id"
-            " WHERE r.id = $1 AND i.body IS NOT NULL",
-            report_id,
-        )
-        if row is None:
-            return None
-        values = tuple(row)
-        return stored_report(values[:-2], orjson.loads(values[-2]), zlib.decompress(values[-1]))
-
-    async def list_nodes(
-        self, *, environment: str | None, status: str | None, limit: int, after: str | None
-    ) -> list[NodeRow]:
-        rows = await self.pool.fetch(
-            f"SELECT {NODE_COLUMNS} FROM nodes WHERE ($1::text IS NULL OR environment = $1)"
-            " AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR certname > $3)"
-            " ORDER BY certname LIMIT $4",
-            environment,
-            status,
-            after,
-            limit,
-        )
-        return [node(row) for row in rows]
-
-    async def get_node(self, certname: str) -> NodeRow | None:
-        row = await self.pool.fetchrow(f"SELECT {NODE_COLUMNS} FROM nodes WHERE certname = $1", certname)
-        return node(row) if row else None
-
-    async def expire_reports(self, before: float, batch: int) -> int:
-        # Short transactions that take no lock ingest waits on: new reports and their
-        # inbox rows are never the old rows locked here, and rows another instance is
-        # expiring are skipped, not waited for.
-        async with self.pool.acquire() as conn:
-            deleted = await self._expire_report_batch(conn, before, batch)
-            await conn.execute(
-                "DELETE FROM nodes WHERE certname IN (SELECT certname FROM nodes"
-                " WHERE last_received_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                before,
-                batch,
-            )
-            return deleted
-
-    async def _expire_report_batch(self, conn: asyncpg.Connection, before: float, batch: int) -> int:
-        async with conn.transaction():
-            ids = [
-                row[0]
-                for row in await conn.fetch(
-                    "SELECT id FROM reports WHERE run_time < $1 ORDER BY run_time, id LIMIT $2"
-                    " FOR UPDATE SKIP LOCKED",
-                    before,
-                    batch,
-                )
-            ]
-            if ids:
-                ids.sort()
-                # Lock order as in finish: inbox rows, then the rows that reference them.
-                await conn.execute(
-                    "SELECT 1 FROM inbox WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE", ids
-                )
-                await conn.execute("DELETE FROM reports WHERE id = ANY($1::bigint[])", ids)
-                await conn.execute(
-                    "UPDATE inbox SET body = NULL WHERE id = ANY($1::bigint[]) AND body IS NOT NULL"
-                    " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.report_id = inbox.id)",
-                    ids,
-                )
-            return len(ids)
-
-    async def count_reports(self, before: float | None = None) -> int:
-        return await self.pool.fetchval(
-            "SELECT count(*) FROM reports WHERE ($1::float8 IS NULL OR run_time < $1)", before
-        )
-
-    async def count_expired_spool(self, before: float) -> int:
-        return await self.pool.fetchval(
-            "SELECT count(*) FROM inbox WHERE received_at < $1 AND body IS NULL", before
-        )
-
-    # -- tokens ----------------------------------------------------------------
-    async def create_token(
-        self,
-        name: str,
-        token_hash: str,
-        permissions: Iterable[str],
-        now: float,
-        expires_at: float | None = None,
-    ) -> None:
-        try:
-            await self.pool.execute(
-                "INSERT INTO tokens (name, token_hash, permissions, created_at, expires_at)"
-                " VALUES ($1, $2, $3, $4, $5)",
-                name,
-                token_hash,
-                ",".join(sorted(permissions)),
-                now,
-                expires_at,
-            )
-        except asyncpg.UniqueViolationError:
-            raise KeyError(name) from None
-
-    async def find_token(self, token_hash: str) -> TokenRecord | None:
-        row = await self.pool.fetchrow(
-            "SELECT name, permissions, expires_at FROM tokens WHERE token_hash = $1", token_hash
-        )
-        return token_record(*row) if row else None
-
-    async def list_tokens(self) -> list[dict[str, Any]]:
-        rows = await self.pool.fetch(
-            "SELECT name, permissions, created_at, expires_at FROM tokens ORDER BY name"
-        )
-        return [token_entry(*row) for row in rows]
-
-    async def revoke_token(self, name: str) -> bool:
-        return _rowcount(await self.pool.execute("DELETE FROM tokens WHERE name = $1", name)) > 0
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

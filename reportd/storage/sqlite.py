@@ -18,24 +18,18 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 
-from reportd.auth import TokenRecord
 from reportd.storage import (
     Accepted,
     Claim,
-    DeadLetter,
     DeliveryFailure,
-    DeliveryState,
     InboxEntry,
-    NodeRow,
-    QueueStats,
-    ReportQuery,
     SchemaStatus,
     SpooledReport,
     Storage,
@@ -50,15 +44,12 @@ from reportd.storage.rows import (
     NEWER_RUN_SET,
     NODE_COLUMNS,
     REPORT_COLUMNS,
-    node,
     node_row,
     report_row,
-    stored_report,
-    token_entry,
-    token_record,
 )
 from reportd.storage.schedules_sql import SQLScheduleStorage
 from reportd.storage.sql import SQLITE, Steps, ddl, run_sqlite
+from reportd.storage.store_sql import SQLStoreOperations
 
 T = TypeVar("T")
 MAX_GROUP = 512
@@ -153,7 +144,7 @@ MIGRATIONS: list[str] = [
 ]
 
 
-class SQLiteStorage(SQLJobStorage, SQLScheduleStorage, Storage):
+class SQLiteStorage(SQLJobStorage, SQLScheduleStorage, SQLStoreOperations, Storage):
     def __init__(
         self,
         path: str | Path,
@@ -373,106 +364,6 @@ class SQLiteStorage(SQLJobStorage, SQLScheduleStorage, Storage):
 
         await self._write(job)
 
-    async def queue_stats(self) -> dict[str, QueueStats]:
-        def job(conn: sqlite3.Connection) -> dict[str, QueueStats]:
-            counts: dict[str, dict[str, Any]] = {}
-            for processor, state, count, oldest in conn.execute(
-                "SELECT processor, state, count(*), min(report_id) FROM deliveries GROUP BY processor, state"
-            ):
-                counts.setdefault(processor, {})[state] = (count, oldest)
-            stats = {}
-            for processor, states in counts.items():
-                pending, oldest_id = states.get("pending", (0, None))
-                oldest_at = None
-                if oldest_id is not None:
-                    row = conn.execute("SELECT received_at FROM inbox WHERE id = ?", (oldest_id,)).fetchone()
-                    oldest_at = row[0] if row else None
-                stats[processor] = QueueStats(pending, states.get("dead", (0, None))[0], oldest_at)
-            return stats
-
-        return await self._read(job)
-
-    async def dead_letters(self, processor: str | None, limit: int) -> list[DeadLetter]:
-        def job(conn: sqlite3.Connection) -> list[DeadLetter]:
-            rows = conn.execute(
-                "SELECT d.processor, d.report_id, i.certname, d.attempts, d.last_error"
-                " FROM deliveries d JOIN inbox i ON i.id = d.report_id WHERE d.state = 'dead'"
-                " AND (? IS NULL OR d.processor = ?) ORDER BY d.report_id LIMIT ?",
-                (processor, processor, limit),
-            ).fetchall()
-            return [DeadLetter(*row) for row in rows]
-
-        return await self._read(job)
-
-    async def delivery_states(self, keys: Sequence[tuple[str, int]]) -> list[DeliveryState]:
-        def job(conn: sqlite3.Connection) -> list[DeliveryState]:
-            found = []
-            for processor, report_id in keys:
-                row = conn.execute(
-                    "SELECT state, attempts, last_error FROM deliveries"
-                    " WHERE processor = ? AND report_id = ?",
-                    (processor, report_id),
-                ).fetchone()
-                if row is not None:
-                    found.append(DeliveryState(processor, report_id, *row))
-            return found
-
-        return await self._read(job)
-
-    async def retry(self, processor: str | None, report_ids: Sequence[int] | None, now: float) -> int:
-        def job(conn: sqlite3.Connection) -> int:
-            sql = (
-                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
-                " lease_until = NULL WHERE state = 'dead' AND (? IS NULL OR processor = ?)"
-            )
-            params: list[Any] = [now, processor, processor]
-            if report_ids is not None:
-                sql += f" AND report_id IN ({_marks(report_ids)})"
-                params.extend(report_ids)
-            return conn.execute(sql, params).rowcount
-
-        return await self._write(job)
-
-    async def expire_spool(self, before: float, batch: int) -> int:
-        def job(conn: sqlite3.Connection) -> int:
-            conn.execute(
-                "DELETE FROM run_starts WHERE (format, certname, run_id) IN (SELECT format, certname, run_id"
-                " FROM run_starts WHERE received_at < ? LIMIT ?)",
-                (before, batch),
-            )
-            return conn.execute(
-                "DELETE FROM inbox WHERE id IN (SELECT id FROM inbox WHERE received_at < ?"
-                " AND body IS NULL LIMIT ?)",
-                (before, batch),
-            ).rowcount
-
-        return await self._write(job)
-
-    async def record_run_start(
-        self, format: str, certname: str, run_id: str, started_at: float | None, now: float
-    ) -> bool:
-        def job(conn: sqlite3.Connection) -> bool:
-            return (
-                conn.execute(
-                    "INSERT INTO run_starts (format, certname, run_id, started_at, received_at)"
-                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                    (format, certname, run_id, started_at, now),
-                ).rowcount
-                == 1
-            )
-
-        return await self._write(job)
-
-    async def run_started(self, format: str, certname: str, run_id: str) -> bool:
-        def job(conn: sqlite3.Connection) -> bool:
-            row = conn.execute(
-                "SELECT 1 FROM run_starts WHERE format = ? AND certname = ? AND run_id = ?",
-                (format, certname, run_id),
-            ).fetchone()
-            return row is not None
-
-        return await self._read(job)
-
     # -- store -----------------------------------------------------------------
     async def store_reports(self, reports: Sequence[StoredReport]) -> None:
         rows = [report_row(r) for r in reports]
@@ -493,137 +384,6 @@ class SQLiteStorage(SQLJobStorage, SQLScheduleStorage, Storage):
             )
 
         await self._write(job)
-
-    async def query_reports(self, query: ReportQuery) -> list[StoredReport]:
-        clauses, params = [], []
-        for column in ("certname", "status", "environment", "organization", "organization_id", "location_id"):
-            value = getattr(query, column)
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if query.since is not None:
-            clauses.append("run_time >= ?")
-            params.append(query.since)
-        if query.until is not None:
-            clauses.append("run_time < ?")
-            params.append(query.until)
-        if query.after is not None:
-            clauses.append("(run_time < ? OR (run_time = ? AND id < ?))")
-            params.extend([query.after[0], query.after[0], query.after[1]])
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT {REPORT_COLUMNS} FROM reports {where} ORDER BY run_time DESC, id DESC LIMIT ?"
-        params.append(query.limit)
-        return await self._read(lambda c: [stored_report(row) for row in c.execute(sql, params)])
-
-    async def get_report(self, report_id: int) -> StoredReport | None:
-        def job(conn: sqlite3.Connection) -> StoredReport | None:
-            columns = ", ".join(f"r.{c.strip()}" for c in REPORT_COLUMNS.split(","))
-            row = conn.execute(
-                f"SELECT {columns}, i.envelope, i.body FROM reports r JOIN inbox i ON i.id = r.id"
-                " WHERE r.id = ? AND i.body IS NOT NULL",
-                (report_id,),
-            ).fetchone()
-            if row is None:
-                return None
-            return stored_report(row[:-2], orjson.loads(row[-2]), zlib.decompress(row[-1]))
-
-        return await self._read(job)
-
-    async def list_nodes(
-        self, *, environment: str | None, status: str | None, limit: int, after: str | None
-    ) -> list[NodeRow]:
-        sql = (
-            f"SELECT {NODE_COLUMNS} FROM nodes WHERE (? IS NULL OR environment = ?)"
-            " AND (? IS NULL OR status = ?) AND (? IS NULL OR certname > ?)"
-            " ORDER BY certname LIMIT ?"
-        )
-        params = (environment, environment, status, status, after, after, limit)
-        return await self._read(lambda c: [node(row) for row in c.execute(sql, params)])
-
-    async def get_node(self, certname: str) -> NodeRow | None:
-        def job(conn: sqlite3.Connection) -> NodeRow | None:
-            row = conn.execute(f"SELECT {NODE_COLUMNS} FROM nodes WHERE certname = ?", (certname,)).fetchone()
-            return node(row) if row else None
-
-        return await self._read(job)
-
-    async def expire_reports(self, before: float, batch: int) -> int:
-        def job(conn: sqlite3.Connection) -> int:
-            ids = [
-                row[0]
-                for row in conn.execute(
-                    "DELETE FROM reports WHERE id IN (SELECT id FROM reports WHERE run_time < ?"
-                    " ORDER BY run_time LIMIT ?) RETURNING id",
-                    (before, batch),
-                )
-            ]
-            if ids:
-                conn.execute(
-                    f"UPDATE inbox SET body = NULL WHERE id IN ({_marks(ids)}) AND NOT EXISTS"
-                    " (SELECT 1 FROM deliveries d WHERE d.report_id = inbox.id)",
-                    ids,
-                )
-            deleted = len(ids)
-            conn.execute(
-                "DELETE FROM nodes WHERE certname IN (SELECT certname FROM nodes"
-                " WHERE last_received_at < ? LIMIT ?)",
-                (before, batch),
-            )
-            return deleted
-
-        return await self._write(job)
-
-    async def count_reports(self, before: float | None = None) -> int:
-        sql, params = "SELECT count(*) FROM reports WHERE (? IS NULL OR run_time < ?)", (before, before)
-        return await self._read(lambda c: c.execute(sql, params).fetchone()[0])
-
-    async def count_expired_spool(self, before: float) -> int:
-        sql = "SELECT count(*) FROM inbox WHERE received_at < ? AND body IS NULL"
-        return await self._read(lambda c: c.execute(sql, (before,)).fetchone()[0])
-
-    # -- tokens ----------------------------------------------------------------
-    async def create_token(
-        self,
-        name: str,
-        token_hash: str,
-        permissions: Iterable[str],
-        now: float,
-        expires_at: float | None = None,
-    ) -> None:
-        perms = ",".join(sorted(permissions))
-
-        def job(conn: sqlite3.Connection) -> None:
-            try:
-                conn.execute(
-                    "INSERT INTO tokens (name, token_hash, permissions, created_at, expires_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (name, token_hash, perms, now, expires_at),
-                )
-            except sqlite3.IntegrityError:
-                raise KeyError(name) from None
-
-        await self._write(job)
-
-    async def find_token(self, token_hash: str) -> TokenRecord | None:
-        def job(conn: sqlite3.Connection) -> TokenRecord | None:
-            row = conn.execute(
-                "SELECT name, permissions, expires_at FROM tokens WHERE token_hash = ?", (token_hash,)
-            ).fetchone()
-            return token_record(*row) if row else None
-
-        return await self._read(job)
-
-    async def list_tokens(self) -> list[dict[str, Any]]:
-        def job(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            rows = conn.execute("SELECT name, permissions, created_at, expires_at FROM tokens ORDER BY name")
-            return [token_entry(*row) for row in rows]
-
-        return await self._read(job)
-
-    async def revoke_token(self, name: str) -> bool:
-        return await self._write(
-            lambda c: c.execute("DELETE FROM tokens WHERE name = ?", (name,)).rowcount > 0
-        )
 
 
 def _marks(values: Sequence[Any]) -> str:
