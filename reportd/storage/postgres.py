@@ -45,8 +45,7 @@ from reportd.storage import (
     StorageUnavailable,
     StoredReport,
     check_schema,
-    jobs_sql,
-    schedules_sql,
+    schema,
 )
 from reportd.storage.jobs_sql import SQLJobStorage
 from reportd.storage.rows import (
@@ -71,90 +70,7 @@ DEADLOCK_RETRIES = 5
 _MIGRATION_LOCK = 0x7265706F  # advisory lock key ("repo"): one migrator at a time
 
 # Version N is MIGRATIONS[N - 1], numbered like sqlite.py's list.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE inbox (
-        id BIGSERIAL PRIMARY KEY,
-        idempotency_key TEXT NOT NULL UNIQUE,
-        certname TEXT NOT NULL,
-        format TEXT NOT NULL,
-        received_at DOUBLE PRECISION NOT NULL,
-        envelope BYTEA NOT NULL,
-        body BYTEA
-    );
-    CREATE INDEX inbox_received ON inbox (received_at);
-    CREATE TABLE deliveries (
-        processor TEXT NOT NULL,
-        report_id BIGINT NOT NULL,
-        state TEXT NOT NULL DEFAULT 'pending',
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at DOUBLE PRECISION NOT NULL,
-        lease_until DOUBLE PRECISION,
-        last_error TEXT,
-        PRIMARY KEY (processor, report_id)
-    );
-    CREATE INDEX deliveries_due ON deliveries (processor, state, next_attempt_at);
-    CREATE INDEX deliveries_report ON deliveries (report_id);
-    CREATE TABLE reports (
-        id BIGINT PRIMARY KEY,
-        certname TEXT NOT NULL,
-        environment TEXT,
-        status TEXT NOT NULL,
-        change_kind TEXT,
-        noop BOOLEAN NOT NULL,
-        format TEXT NOT NULL,
-        origin TEXT,
-        transaction_uuid TEXT,
-        job_id TEXT,
-        configuration_version TEXT,
-        run_time DOUBLE PRECISION NOT NULL,
-        start_time DOUBLE PRECISION,
-        end_time DOUBLE PRECISION,
-        received_at DOUBLE PRECISION NOT NULL,
-        summary BYTEA NOT NULL
-    );
-    CREATE INDEX reports_time ON reports (run_time, id);
-    CREATE INDEX reports_certname ON reports (certname, run_time, id);
-    CREATE INDEX reports_status ON reports (status, run_time, id);
-    CREATE INDEX reports_environment ON reports (environment, run_time, id);
-    CREATE TABLE nodes (
-        certname TEXT PRIMARY KEY,
-        environment TEXT,
-        status TEXT NOT NULL,
-        change_kind TEXT,
-        report_id BIGINT NOT NULL,
-        run_time DOUBLE PRECISION NOT NULL,
-        last_received_at DOUBLE PRECISION NOT NULL,
-        summary BYTEA NOT NULL
-    );
-    CREATE TABLE tokens (
-        name TEXT PRIMARY KEY,
-        token_hash TEXT NOT NULL UNIQUE,
-        permissions TEXT NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL
-    );
-    """,
-    # Chef starts runs before it ends them; Foreman and Chef reports carry an
-    # organization and location to filter on.
-    """
-    CREATE TABLE run_starts (
-        format TEXT NOT NULL,
-        certname TEXT NOT NULL,
-        run_id TEXT NOT NULL,
-        started_at DOUBLE PRECISION,
-        received_at DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (format, certname, run_id)
-    );
-    CREATE INDEX run_starts_received ON run_starts (received_at);
-    ALTER TABLE reports ADD COLUMN organization TEXT;
-    ALTER TABLE reports ADD COLUMN organization_id BIGINT;
-    ALTER TABLE reports ADD COLUMN location_id BIGINT;
-    """,
-    ddl(jobs_sql.MIGRATION, POSTGRES),
-    ddl(schedules_sql.MIGRATION, POSTGRES),
-    # Tokens may expire (NULL: never).
-    "ALTER TABLE tokens ADD COLUMN expires_at DOUBLE PRECISION",
-]
+MIGRATIONS: list[str] = [ddl(script, POSTGRES) for script in schema.MIGRATIONS]
 
 
 # For the rest of the transaction only; see finish.

@@ -14,7 +14,7 @@ Statements are written in the dialect both share, with ``?`` placeholders
 * ``instr(haystack, needle)`` is PostgreSQL's ``strpos``.
 
 Table definitions (:func:`ddl`) name their column types by what they hold:
-``{int64}``, ``{float}``, ``{blob}``, ``{serial_pk}`` (an increasing integer key
+``{int64}``, ``{bool}``, ``{float}``, ``{blob}``, ``{serial_pk}`` (an increasing integer key
 never reused), and end a clustered table with ``{without_rowid}``.
 """
 
@@ -81,6 +81,7 @@ def single(query: Query) -> Steps:
 _TYPES = {
     SQLITE: {
         "int64": "INTEGER",
+        "bool": "INTEGER",
         "float": "REAL",
         "blob": "BLOB",
         "serial_pk": "INTEGER PRIMARY KEY AUTOINCREMENT",
@@ -88,6 +89,7 @@ _TYPES = {
     },
     POSTGRES: {
         "int64": "BIGINT",
+        "bool": "BOOLEAN",
         "float": "DOUBLE PRECISION",
         "blob": "BYTEA",
         "serial_pk": "BIGSERIAL PRIMARY KEY",

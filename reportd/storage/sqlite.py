@@ -36,8 +36,7 @@ from reportd.storage import (
     StorageUnavailable,
     StoredReport,
     check_schema,
-    jobs_sql,
-    schedules_sql,
+    schema,
 )
 from reportd.storage.jobs_sql import SQLJobStorage
 from reportd.storage.rows import (
@@ -58,90 +57,7 @@ MAX_GROUP = 512
 ERROR_MEMORY = 10.0
 COMPRESSION_LEVEL = 1  # fast: the writer thread compresses every body it stores
 
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE inbox (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        idempotency_key TEXT NOT NULL UNIQUE,
-        certname TEXT NOT NULL,
-        format TEXT NOT NULL,
-        received_at REAL NOT NULL,
-        envelope BLOB NOT NULL,
-        body BLOB
-    );
-    CREATE INDEX inbox_received ON inbox (received_at);
-    CREATE TABLE deliveries (
-        processor TEXT NOT NULL,
-        report_id INTEGER NOT NULL,
-        state TEXT NOT NULL DEFAULT 'pending',
-        attempts INTEGER NOT NULL DEFAULT 0,
-        next_attempt_at REAL NOT NULL,
-        lease_until REAL,
-        last_error TEXT,
-        PRIMARY KEY (processor, report_id)
-    ) WITHOUT ROWID;
-    CREATE INDEX deliveries_due ON deliveries (processor, state, next_attempt_at);
-    CREATE INDEX deliveries_report ON deliveries (report_id);
-    CREATE TABLE reports (
-        id INTEGER PRIMARY KEY,
-        certname TEXT NOT NULL,
-        environment TEXT,
-        status TEXT NOT NULL,
-        change_kind TEXT,
-        noop INTEGER NOT NULL,
-        format TEXT NOT NULL,
-        origin TEXT,
-        transaction_uuid TEXT,
-        job_id TEXT,
-        configuration_version TEXT,
-        run_time REAL NOT NULL,
-        start_time REAL,
-        end_time REAL,
-        received_at REAL NOT NULL,
-        summary BLOB NOT NULL
-    );
-    CREATE INDEX reports_time ON reports (run_time, id);
-    CREATE INDEX reports_certname ON reports (certname, run_time, id);
-    CREATE INDEX reports_status ON reports (status, run_time, id);
-    CREATE INDEX reports_environment ON reports (environment, run_time, id);
-    CREATE TABLE nodes (
-        certname TEXT PRIMARY KEY,
-        environment TEXT,
-        status TEXT NOT NULL,
-        change_kind TEXT,
-        report_id INTEGER NOT NULL,
-        run_time REAL NOT NULL,
-        last_received_at REAL NOT NULL,
-        summary BLOB NOT NULL
-    );
-    CREATE TABLE tokens (
-        name TEXT PRIMARY KEY,
-        token_hash TEXT NOT NULL UNIQUE,
-        permissions TEXT NOT NULL,
-        created_at REAL NOT NULL
-    );
-    """,
-    # Chef starts runs before it ends them; Foreman and Chef reports carry an
-    # organization and location to filter on.
-    """
-    CREATE TABLE run_starts (
-        format TEXT NOT NULL,
-        certname TEXT NOT NULL,
-        run_id TEXT NOT NULL,
-        started_at REAL,
-        received_at REAL NOT NULL,
-        PRIMARY KEY (format, certname, run_id)
-    ) WITHOUT ROWID;
-    CREATE INDEX run_starts_received ON run_starts (received_at);
-    ALTER TABLE reports ADD COLUMN organization TEXT;
-    ALTER TABLE reports ADD COLUMN organization_id INTEGER;
-    ALTER TABLE reports ADD COLUMN location_id INTEGER
-    """,
-    ddl(jobs_sql.MIGRATION, SQLITE),
-    ddl(schedules_sql.MIGRATION, SQLITE),
-    # Tokens may expire (NULL: never).
-    "ALTER TABLE tokens ADD COLUMN expires_at REAL",
-]
+MIGRATIONS: list[str] = [ddl(script, SQLITE) for script in schema.MIGRATIONS]
 
 
 class SQLiteStorage(SQLJobStorage, SQLScheduleStorage, SQLStoreOperations, Storage):
