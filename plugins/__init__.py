@@ -24,7 +24,10 @@ every accepted report, in the background, at least once (or only those its
 kept per processor: if ``process`` raises, that report is retried with
 backoff for your processor alone, and dead-lettered after
 ``[reportd] max_attempts`` (or at once on ``PermanentError``). Make processing
-idempotent; keep the event loop free.
+idempotent; keep the event loop free. Every processor gets the same report object,
+*sealed*: it and its parts refuse changes (``FrozenInstanceError``, ``TypeError``;
+its lists are tuples), so no processor can change what another sees; copy what you
+want to change.
 
 A minimal plugin, ``reportd_hello.py`` (this is ``examples/reportd-hello``,
 which the test suite installs with pip and runs in a real daemon)::

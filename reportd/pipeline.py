@@ -16,7 +16,7 @@ from typing import Any
 
 from reportd.dispatch import Dispatcher, RetryPolicy
 from reportd.formats import Envelope, parse
-from reportd.model import Report
+from reportd.model import Report, seal
 from reportd.parsing import ReportParser, is_yaml_body
 from reportd.processor import Processor
 from reportd.storage import Accepted, InboxEntry, SpooledReport, Storage
@@ -115,13 +115,14 @@ class Pipeline:
         recipients = self.recipients(report)
         accepted = await self._storage.accept(entry, recipients)
         report.id = accepted.report_id
+        seal(report)  # from here on shared by every processor that wants it
         if not accepted.duplicate:
             self.dispatcher.submit(report, recipients)
         return accepted
 
     async def rebuild(self, spooled: SpooledReport) -> Report:
-        """A spooled report parsed again, off the loop when large."""
-        return await rebuild_off_loop(self._parser, spooled.report_id, spooled.envelope, spooled.body)
+        """A spooled report parsed again (off the loop when large), sealed for the processors."""
+        return seal(await rebuild_off_loop(self._parser, spooled.report_id, spooled.envelope, spooled.body))
 
     def start(self) -> None:
         self.dispatcher.start()
