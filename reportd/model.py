@@ -208,16 +208,21 @@ def seal(report: Report) -> Report:
     """
     if isinstance(report, _Sealed):
         return report
-    for status in report.resource_statuses:
-        for event in status.events:
-            event.__class__ = _SealedEvent
+    sealed_event, sealed_status, sealed_log = _SealedEvent, _SealedResourceStatus, _SealedLog
+    for status in report.resource_statuses:  # the hot loop: tens to thousands per report
+        events = status.events
+        if events:
+            for event in events:
+                event.__class__ = sealed_event
+            status.events = tuple(events)  # type: ignore[assignment]
+        else:
+            status.events = ()  # type: ignore[assignment]
         status.containment_path = tuple(status.containment_path)  # type: ignore[assignment]
         status.tags = tuple(status.tags)  # type: ignore[assignment]
-        status.events = tuple(status.events)  # type: ignore[assignment]
-        status.__class__ = _SealedResourceStatus
+        status.__class__ = sealed_status
     for log in report.logs:
         log.tags = tuple(log.tags)  # type: ignore[assignment]
-        log.__class__ = _SealedLog
+        log.__class__ = sealed_log
     report.logs = tuple(report.logs)  # type: ignore[assignment]
     report.resource_statuses = tuple(report.resource_statuses)  # type: ignore[assignment]
     report.metrics = FrozenDict({c: FrozenDict(v) for c, v in report.metrics.items()})
