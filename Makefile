@@ -25,6 +25,7 @@ run: $(BIN)/reportd
 test: $(BIN)/pytest
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 bench: $(BIN)/reportd

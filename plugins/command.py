@@ -29,9 +29,7 @@ import time
 
 import structlog
 
-from reportd import Setting, hookimpl
-from reportd.jobs import JobRun, JobRunError
-from reportd.settings import as_duration, as_positive_int
+from reportd import JobRun, JobRunError, Setting, as_duration, as_positive_int, hookimpl
 
 NAME = "command"
 FIELDS = ("certname", "job_id", "environment", "noop_flag")

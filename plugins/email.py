@@ -39,12 +39,26 @@ from reportd_plugins.email_scheduler import (
     preview,
 )
 
-from reportd import PluginContext, Setting, hookimpl, query, require_permission
-from reportd.cli import run_with_context
-from reportd.output import echo_json_lines, echo_table
-from reportd.settings import as_duration, as_path, as_positive_int, as_str, one_of
-from reportd.storage.schedules import EDITABLE, Schedule, ScheduleQuery
-from reportd.web import json_error, json_response
+from reportd import (
+    EDITABLE,
+    PluginContext,
+    Schedule,
+    ScheduleQuery,
+    Setting,
+    as_duration,
+    as_path,
+    as_positive_int,
+    as_str,
+    echo_json_lines,
+    echo_table,
+    hookimpl,
+    json_error,
+    json_response,
+    one_of,
+    query_integer,
+    require_permission,
+    run_with_context,
+)
 
 NAME = "email"
 VIEW, EDIT = "view_schedules", "edit_schedules"
@@ -289,7 +303,7 @@ def _int_param(params, name: str, errors: dict[str, str], *, minimum: int | None
     if raw is None:
         return None
     try:
-        value = query.integer(raw)  # 64-bit: a larger number is no valid page, time or size either
+        value = query_integer(raw)  # 64-bit: a larger number is no valid page, time or size either
     except ValueError:
         errors[name] = "an integer"
         return None

@@ -18,11 +18,7 @@ from zoneinfo import ZoneInfo
 
 from reportd_plugins.email_periods import ONCE, Period
 
-from reportd import rebuild_report
-from reportd.formats import ReportError
-from reportd.status import CHANGED, FAILED, NOOP_PENDING
-from reportd.storage import ReportQuery, Storage
-from reportd.storage.schedules import Schedule
+from reportd import CHANGED, FAILED, NOOP_PENDING, ReportError, ReportQuery, Schedule, Storage, rebuild_report
 
 PAGE = 1000
 MAX_FAILED_RESOURCES = 20

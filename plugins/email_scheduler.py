@@ -31,8 +31,7 @@ from prometheus_client import Counter
 from reportd_plugins.email_digest import Digest, build_digest, message
 from reportd_plugins.email_periods import ONCE, Period, from_micros, latest_period
 
-from reportd.storage import Storage
-from reportd.storage.schedules import RUN_EMPTY, RUN_PENDING, RUN_SENT, Schedule, ScheduleQuery
+from reportd import RUN_EMPTY, RUN_PENDING, RUN_SENT, Schedule, ScheduleQuery, Storage
 
 log = structlog.get_logger("reportd_plugins.email")
 

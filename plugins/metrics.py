@@ -32,11 +32,21 @@ from aiohttp import web
 from prometheus_client import generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from reportd import PluginContext, Processor, Report, Setting, hookimpl, require_permission
-from reportd.auth import VIEW_REPORTS
-from reportd.settings import as_duration, as_list, as_networks, as_str
-from reportd.status import change_kind
-from reportd.web import api_error
+from reportd import (
+    VIEW_REPORTS,
+    PluginContext,
+    Processor,
+    Report,
+    Setting,
+    api_error,
+    as_duration,
+    as_list,
+    as_networks,
+    as_str,
+    change_kind,
+    hookimpl,
+    require_permission,
+)
 
 NAME = "metrics"
 RENDER_CHUNK = 8  # without a worker: nodes rendered between two turns of the event loop

@@ -26,8 +26,20 @@ import aiohttp
 import orjson
 import structlog
 
-from reportd import PermanentError, Processor, Report, Setting, hookimpl
-from reportd.settings import as_bool, as_duration, as_path, as_positive_int, as_str, as_urls, one_of
+from reportd import (
+    PermanentError,
+    Processor,
+    Report,
+    Setting,
+    as_bool,
+    as_duration,
+    as_path,
+    as_positive_int,
+    as_str,
+    as_urls,
+    hookimpl,
+    one_of,
+)
 
 log = structlog.get_logger("reportd_plugins.puppetdb")
 

@@ -19,14 +19,31 @@ import orjson
 from aiohttp import web
 from reportd_plugins.store_commands import reports as reports_command
 
-from reportd import PluginContext, Processor, Report, Setting, hookimpl, query, require_permission
-from reportd.formats import ReportError
-from reportd.formats.puppet import is_yaml
-from reportd.periodic import drain, every
-from reportd.settings import as_duration, as_positive_int
-from reportd.status import RUN_STATUSES, change_kind, is_stale
-from reportd.storage import ReportQuery, StoredReport
-from reportd.web import api_error, json_response, public_base_url
+from reportd import (
+    INT64_MAX,
+    RUN_STATUSES,
+    PluginContext,
+    Processor,
+    Report,
+    ReportError,
+    ReportQuery,
+    Setting,
+    StoredReport,
+    api_error,
+    as_duration,
+    as_positive_int,
+    change_kind,
+    drain,
+    every,
+    hookimpl,
+    is_stale,
+    is_yaml,
+    json_response,
+    public_base_url,
+    query_integer,
+    query_timestamp,
+    require_permission,
+)
 
 T = TypeVar("T")
 NAME = "store"
@@ -177,11 +194,11 @@ class StoreAPI:
             certname=params.get("certname"),
             status=_status(params),
             environment=params.get("environment"),
-            since=_param(params, "since", query.timestamp),
-            until=_param(params, "until", query.timestamp),
+            since=_param(params, "since", query_timestamp),
+            until=_param(params, "until", query_timestamp),
             organization=params.get("organization"),
-            organization_id=_param(params, "organization_id", query.integer),
-            location_id=_param(params, "location_id", query.integer),
+            organization_id=_param(params, "organization_id", query_integer),
+            location_id=_param(params, "location_id", query_integer),
             limit=limit + 1,
             after=_decode_cursor(params.get("cursor")),
         )
@@ -196,7 +213,7 @@ class StoreAPI:
     async def get_report(self, request: web.Request) -> web.Response:
         await require_permission(request, VIEW)
         try:
-            report_id = query.integer(request.match_info["id"], low=0)
+            report_id = query_integer(request.match_info["id"], low=0)
         except ValueError:
             raise api_error(400, "report id must be an integer", {"id": "an integer from 0"}) from None
         row = await self.context.storage.get_report(report_id)
@@ -285,7 +302,7 @@ def _status(params) -> str | None:
 
 
 def _limit(params) -> int:
-    limit = _param(params, "limit", lambda raw: query.integer(raw, low=1, high=MAX_LIMIT))
+    limit = _param(params, "limit", lambda raw: query_integer(raw, low=1, high=MAX_LIMIT))
     return 100 if limit is None else limit
 
 
@@ -298,7 +315,7 @@ def _decode_cursor(value: str | None) -> tuple[float, int] | None:
         return None
     try:
         run_time, report_id = orjson.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
-        if type(report_id) is not int or not 0 <= report_id <= query.INT64_MAX:
+        if type(report_id) is not int or not 0 <= report_id <= INT64_MAX:
             raise ValueError("report id out of range")
         run_time = float(run_time)
         if not math.isfinite(run_time):

@@ -11,11 +11,15 @@ import sys
 import click
 import orjson
 
-from reportd import rebuild_report
-from reportd.cli import run_with_context
-from reportd.output import echo_json_lines, echo_table, iso_time
-from reportd.status import RUN_STATUSES
-from reportd.storage import ReportQuery
+from reportd import (
+    RUN_STATUSES,
+    ReportQuery,
+    echo_json_lines,
+    echo_table,
+    iso_time,
+    rebuild_report,
+    run_with_context,
+)
 
 
 @click.group(invoke_without_command=True, short_help="List stored reports; show one.")

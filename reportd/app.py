@@ -20,6 +20,7 @@ from reportd.config import Config, validate_plugin_sections
 from reportd.context import PluginContext
 from reportd.dispatch import RetryPolicy
 from reportd.ingest import setup_ingest_routes
+from reportd.jobs.api import JobsAPI
 from reportd.jobs.tracker import NAME as JOBS_CONSUMER
 from reportd.jobs.tracker import Tracker
 from reportd.parsing import ByteBudget, ReportParser
@@ -138,7 +139,7 @@ def create_app(
     app.router.add_get("/api/v1/queue", get_queue)
     app.router.add_get("/healthz", get_health)
     app.router.add_get("/api/openapi.json", _openapi_handler())
-    jobs.add_routes(app)
+    JobsAPI(context, jobs).add_routes(app)
     pm.hook.reportd_add_routes(app=app, context=context)
     return app
 

@@ -2,9 +2,7 @@
 
 import structlog
 
-from reportd import Processor, Setting, hookimpl, require_permission
-from reportd.settings import as_str
-from reportd.web import json_response
+from reportd import Processor, Setting, as_str, hookimpl, json_response, require_permission
 
 log = structlog.get_logger("reportd_hello")
 

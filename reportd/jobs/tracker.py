@@ -212,11 +212,6 @@ class Tracker:
         self._deadlines_changed: asyncio.Event | None = None
         self.consumer = JobsConsumer(context, self)
 
-    def add_routes(self, app: web.Application) -> None:
-        from reportd.jobs.api import JobsAPI
-
-        JobsAPI(self.context, self).add_routes(app)
-
     @property
     def has_trigger(self) -> bool:
         return bool(self._start_run.get_hookimpls())
