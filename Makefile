@@ -21,11 +21,12 @@ $(BIN)/pytest: $(BIN)/reportd
 run: $(BIN)/reportd
 	$(BIN)/reportd serve
 
-# Install with the test dependencies, then lint and run the whole suite.
+# Install with the test dependencies, then lint, check imports and types, and run the whole suite.
 test: $(BIN)/pytest
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 bench: $(BIN)/reportd

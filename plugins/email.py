@@ -27,17 +27,6 @@ import click
 import orjson
 import structlog
 from aiohttp import web
-from reportd_plugins.email_digest import message, render_text
-from reportd_plugins.email_periods import FREQUENCIES
-from reportd_plugins.email_scheduler import (
-    Clock,
-    EmailMetrics,
-    Mailer,
-    RetryPolicy,
-    Scheduler,
-    SMTPSettings,
-    preview,
-)
 
 from reportd import (
     EDITABLE,
@@ -58,6 +47,18 @@ from reportd import (
     query_integer,
     require_permission,
     run_with_context,
+)
+
+from .email_digest import message, render_text
+from .email_periods import FREQUENCIES
+from .email_scheduler import (
+    Clock,
+    EmailMetrics,
+    Mailer,
+    RetryPolicy,
+    Scheduler,
+    SMTPSettings,
+    preview,
 )
 
 NAME = "email"

@@ -16,9 +16,9 @@ from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 from zoneinfo import ZoneInfo
 
-from reportd_plugins.email_periods import ONCE, Period
-
 from reportd import CHANGED, FAILED, NOOP_PENDING, ReportError, ReportQuery, Schedule, Storage, rebuild_report
+
+from .email_periods import ONCE, Period
 
 PAGE = 1000
 MAX_FAILED_RESOURCES = 20
@@ -158,11 +158,11 @@ async def _stale_hosts(storage: Storage, schedule: Schedule, reported: set[str])
     for name in literal:
         if name in reported or name in last_seen:
             continue
-        node = await storage.get_node(name)
-        if node is None:
+        found = await storage.get_node(name)
+        if found is None:
             last_seen[name] = None  # named, never heard of
-        elif matches(node.certname, node.environment, schedule):
-            last_seen[name] = node.last_received_at
+        elif matches(found.certname, found.environment, schedule):
+            last_seen[name] = found.last_received_at
     return [StaleHost(name, seen) for name, seen in sorted(last_seen.items())]
 
 

@@ -28,10 +28,11 @@ from typing import Any
 import aiosmtplib
 import structlog
 from prometheus_client import Counter
-from reportd_plugins.email_digest import Digest, build_digest, message
-from reportd_plugins.email_periods import ONCE, Period, from_micros, latest_period
 
 from reportd import RUN_EMPTY, RUN_PENDING, RUN_SENT, Schedule, ScheduleQuery, Storage
+
+from .email_digest import Digest, build_digest, message
+from .email_periods import ONCE, Period, from_micros, latest_period
 
 log = structlog.get_logger("reportd_plugins.email")
 

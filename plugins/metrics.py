@@ -55,6 +55,7 @@ STORE_COUNT_EVERY = 60.0
 BUSY_RATE = 400  # reports/s above which background rendering waits for the scrape
 WORKER_BATCH = 500  # nodes per call to the render worker
 STREAM_CHUNK = 500  # nodes per piece of a scrape's response
+QUEUE_GAUGES = f"{NAME}.queue_gauges"  # key of the queue gauges in the plugin state
 log = structlog.get_logger("reportd_plugins.metrics")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CATEGORIES = ("resources", "time", "changes", "events")
@@ -461,9 +462,9 @@ async def _check_access(request: web.Request, settings: Mapping[str, Any]) -> No
 
 async def _refresh_queue_gauges(context: PluginContext, now: float) -> None:
     telemetry = context.telemetry
-    gauges = getattr(telemetry, "queue_gauges", None)
-    if gauges is None:
-        gauges = telemetry.queue_gauges = QueueGauges(telemetry.registry)
+    gauges = context.state.get(QUEUE_GAUGES)
+    if gauges is None:  # one set per daemon, in the daemon's own registry
+        gauges = context.state[QUEUE_GAUGES] = QueueGauges(telemetry.registry)
     gauges.set(context.processors, await context.storage.queue_stats(), now)
     if now - gauges.counted_at > STORE_COUNT_EVERY:
         # count(*) walks the table: on a reader thread, and at most once a minute
@@ -475,13 +476,13 @@ class QueueGauges:
     """Per-processor delivery state and the store's size, read from storage at scrape time."""
 
     def __init__(self, registry) -> None:
-        self.values: dict[str, tuple[int, int, float | None]] = {}
+        self.values: dict[str, tuple[int, int, float]] = {}
         self.stored_reports = 0
         self.counted_at = 0.0
         registry.register(self)
 
     def set(self, processors: Sequence[str], stats: Mapping[str, Any], now: float) -> None:
-        values = dict.fromkeys(processors, (0, 0, 0.0))
+        values: dict[str, tuple[int, int, float]] = dict.fromkeys(processors, (0, 0, 0.0))
         for name, entry in stats.items():
             age = now - entry.oldest_pending_at if entry.oldest_pending_at is not None else 0.0
             values[name] = (entry.pending, entry.dead, age)

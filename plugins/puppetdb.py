@@ -209,7 +209,7 @@ class PuppetDBProcessor(Processor):
             json_serialize=lambda data: orjson.dumps(data).decode(),
         )
         # Broadcast: which PuppetDBs already stored a report that is being retried.
-        self.stored_at: dict[int, set[str]] = {}
+        self.stored_at: dict[int | None, set[str]] = {}
 
     @staticmethod
     def _ssl_context(settings: Mapping[str, Any]) -> ssl.SSLContext | bool:
@@ -225,11 +225,12 @@ class PuppetDBProcessor(Processor):
 
     async def process_batch(self, reports: Sequence[Report]) -> dict[int, BaseException]:
         outcomes = await asyncio.gather(*(self._forward(r) for r in reports), return_exceptions=True)
-        return {
-            report.id: outcome
-            for report, outcome in zip(reports, outcomes, strict=True)
-            if isinstance(outcome, BaseException)
-        }
+        failures: dict[int, BaseException] = {}
+        for report, outcome in zip(reports, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                assert report.id is not None  # a processor only gets spooled reports
+                failures[report.id] = outcome
+        return failures
 
     async def _forward(self, report: Report) -> None:
         body = store_report_v8(

@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 import click
 import orjson
 from aiohttp import web
-from reportd_plugins.store_commands import reports as reports_command
 
 from reportd import (
     INT64_MAX,
@@ -44,6 +43,8 @@ from reportd import (
     query_timestamp,
     require_permission,
 )
+
+from .store_commands import reports as reports_command
 
 T = TypeVar("T")
 NAME = "store"

@@ -246,7 +246,7 @@ def _load(text: str, *, source: str = "<defaults>", problems: list[str] | None =
         # [DEFAULT] would leak into every section; make it an unknown section like any other.
         default_section="\x00none",
     )
-    parser.optionxform = str  # keys are case-sensitive globs in [stale_after]
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive globs
     try:
         parser.read_string(text, source=source)
     except configparser.Error as error:

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import StreamReader, web
 
+from reportd.appkeys import CONNECTIONS
+
 if TYPE_CHECKING:
     from reportd.config import Config
 
@@ -162,7 +164,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, guard: ConnectionGuard, handler: asyncio.Protocol, peer: Any, now: float) -> None:
         self.guard = guard
         self.handler = handler
-        self.transport: asyncio.BaseTransport | None = None
+        self.transport: asyncio.Transport | None = None
         self.peer = peer
         self.phase = Phase.HEAD
         self.since = now
@@ -178,7 +180,7 @@ class Connection(asyncio.Protocol):
     def remote(self) -> str | None:
         return self.peer[0] if isinstance(self.peer, tuple) else None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # a stream
         if self.released:  # cut during its TLS handshake, as the handshake completed
             transport.abort()
             return
@@ -210,7 +212,6 @@ class Connection(asyncio.Protocol):
         self.handler.resume_writing()
 
 
-CONNECTIONS: web.AppKey[ConnectionGuard] = web.AppKey("connections", "ConnectionGuard")
 # The request's connection, kept with the request: its transport may be gone before
 # read_body asks (a connection cut while its request waited for body memory).
 CONNECTION = web.RequestKey("connection", Connection) if hasattr(web, "RequestKey") else "connection"
@@ -225,7 +226,7 @@ class ConnectionGuard:
         self._protocol_factory: Callable[[], asyncio.Protocol] | None = None
         self._ssl_context: ssl.SSLContext | None = None
         self._listeners: list[socket.socket] = []
-        self._by_transport: dict[asyncio.BaseTransport, Connection] = {}
+        self._by_transport: dict[asyncio.Transport | None, Connection] = {}
         # Insertion order is the order connections entered the phase: the first is the oldest.
         self._phases: dict[Phase, dict[Connection, None]] = {phase: {} for phase in Phase}
         self._reading = False
@@ -397,7 +398,7 @@ class ConnectionGuard:
             "connection_evicted",
             remote=conn.remote,
             phase=conn.phase.value,
-            seconds=round(self._loop.time() - conn.since, 3),
+            seconds=round(asyncio.get_running_loop().time() - conn.since, 3),
             max_connections=self.limits.max_connections,
         )
         self._cut(conn, "evicted")

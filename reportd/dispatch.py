@@ -163,12 +163,12 @@ class Dispatcher:
                 self._telemetry.processor_seconds.labels(processor.name).observe(elapsed)
             stats = self.stats[processor.name]
             stats.batch_seconds += elapsed
-            done = [r.id for r in reports if r.id not in failures]
+            done = [i for i in map(_spool_id, reports) if i not in failures]
             await self._storage.finish(processor.name, done)
             stats.delivered += len(done)
             if failures:
                 await self._record_failures(processor, claims, reports, failures)
-            released = [self._cache.delivered(r.id, processor.name) for r in reports]
+            released = [self._cache.delivered(_spool_id(r), processor.name) for r in reports]
             released += [self._cache.delivered(report_id, processor.name) for report_id in failures]
             if max(released, default=0) >= LARGE_BYTES:
                 release_free_memory()
@@ -183,10 +183,10 @@ class Dispatcher:
             result = await asyncio.wait_for(processor.process_batch(reports), timeout)
         except TimeoutError:
             error = TimeoutError(f"processor took longer than {timeout:g}s")
-            return dict.fromkeys((r.id for r in reports), error)
+            return dict.fromkeys(map(_spool_id, reports), error)
         except Exception as error:
             if len(reports) == 1:
-                return {reports[0].id: error}
+                return {_spool_id(reports[0]): error}
             middle = len(reports) // 2
             log.info(
                 "processor_batch_split", processor=processor.name, reports=len(reports), error=str(error)
@@ -319,3 +319,8 @@ class _Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wake.wait(), seconds)
         self.wake.clear()
+
+
+def _spool_id(report: Report) -> int:
+    assert report.id is not None, "a report is delivered only once spooled"
+    return report.id

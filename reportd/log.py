@@ -38,7 +38,7 @@ def configure_logging(
     if fmt == "auto":
         fmt = "console" if sys.stdout.isatty() else "json"
     limiter = RateLimiter(burst=burst, interval=interval)
-    shared = [
+    shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
@@ -300,7 +300,7 @@ class RateLimitedHandler(logging.StreamHandler):
             except Exception:
                 self.handleError(None)  # type: ignore[arg-type]
 
-    def handle(self, record: logging.LogRecord) -> logging.LogRecord | bool:
+    def handle(self, record: logging.LogRecord) -> bool:
         limited = record.levelno >= logging.WARNING and not isinstance(record.msg, dict)
         if limited and not self.limiter.allow((record.name, record.levelno, str(record.msg), None)):
             return False

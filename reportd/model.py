@@ -164,7 +164,7 @@ class _Sealed:
         raise FrozenInstanceError(f"cannot delete field {name!r}: a sealed report cannot be changed")
 
     def __reduce__(self) -> Any:  # pickle and copy: made as the model class, then sealed again
-        model = type(self).__mro__[2]
+        model: Any = type(self).__mro__[2]
         return (
             _resealed,
             (type(self), model, {name: getattr(self, name) for name in model.__dataclass_fields__}),

@@ -51,6 +51,7 @@ def progress(length: int | None, label: str) -> Iterator[Progress]:
     if not sys.stderr.isatty():
         yield _Silent()
         return
+    bar: Any
     with click.progressbar(
         length=length, label=label, file=sys.stderr, show_pos=True, show_eta=length is not None
     ) as bar:

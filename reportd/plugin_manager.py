@@ -86,7 +86,7 @@ def _load_directory(directory: Path) -> list[Any]:
             spec.loader.exec_module(module)
         except Exception as error:
             raise ConfigError(f"plugin_paths: {path}: {type(error).__name__}: {error}") from None
-        module.__reportd_source__ = str(path)
+        module.__reportd_source__ = str(path)  # type: ignore[attr-defined]
         modules.append(module)
     return modules
 
@@ -116,7 +116,7 @@ def list_plugins(pm: pluggy.PluginManager) -> list[PluginInfo]:
             cls.name
             for hook in pm.get_hookcallers(plugin) or ()
             if hook.name == "reportd_register_processors"
-            for cls in plugin.reportd_register_processors() or ()
+            for cls in plugin.reportd_register_processors() or ()  # type: ignore[attr-defined]
         )
         infos.append(PluginInfo(name, source, dist.version if dist else None, hooks, processors))
     return infos

@@ -34,8 +34,9 @@ class Processor:
     name: ClassVar[str] = ""
     #: Most reports handed to :meth:`process_batch` at once.
     batch_size: ClassVar[int] = 1
-    #: Seconds a batch may take; None means ``[reportd] processor_timeout``.
-    timeout: ClassVar[float | None] = None
+    #: Seconds a batch may take; None means ``[reportd] processor_timeout``. A processor may
+    #: set it per instance (from its settings, in ``start``).
+    timeout: float | None = None
 
     def __init__(self, context: PluginContext) -> None:
         self.context = context
@@ -61,5 +62,6 @@ class Processor:
             try:
                 await self.process(report)
             except Exception as error:  # one report's failure must not fail the others
+                assert report.id is not None  # a processor only gets spooled reports
                 failures[report.id] = error
         return failures

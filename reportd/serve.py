@@ -111,6 +111,7 @@ async def serve(config: Config, pm: pluggy.PluginManager) -> None:
     try:
         # reportd's own accept loop, not a TCPSite: see reportd.connections.
         ssl_context = tls.listener_context() if tls else None
+        assert runner.server is not None  # set up above
         bound = await guard.start(protocol_factory(runner.server), host, port, ssl_context=ssl_context)
     except OSError as error:
         await runner.cleanup()

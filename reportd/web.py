@@ -14,20 +14,22 @@ from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
-from reportd.auth import Authenticator, Identity, in_networks
+from reportd.appkeys import (  # noqa: F401 - re-exported: where the keys were first
+    AUTHENTICATOR,
+    BODY_BUDGET,
+    CONFIG,
+    CONTEXT,
+    PARSER,
+    PIPELINE,
+    STORAGE,
+    TELEMETRY,
+)
+from reportd.auth import Identity, in_networks
 from reportd.connections import BodyPace
 
 if TYPE_CHECKING:
     from reportd.parsing import Share
 
-CONFIG = web.AppKey("config", "Config")
-STORAGE = web.AppKey("storage", "Storage")
-CONTEXT = web.AppKey("context", "PluginContext")
-PIPELINE = web.AppKey("pipeline", "Pipeline")
-AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
-TELEMETRY = web.AppKey("telemetry", "Telemetry")
-PARSER = web.AppKey("parser", "ReportParser")
-BODY_BUDGET = web.AppKey("body_budget", "ByteBudget")
 # aiohttp >= 3.14 warns about plain string keys in request storage.
 IDENTITY = web.RequestKey("identity", Identity) if hasattr(web, "RequestKey") else "identity"
 
@@ -198,7 +200,7 @@ def fail_truncated_deflate_bodies() -> None:
             self.set_exception(error)
 
     feed_eof_or_fail.reportd = True  # type: ignore[attr-defined]
-    buffer.feed_eof = feed_eof_or_fail
+    buffer.feed_eof = feed_eof_or_fail  # type: ignore[method-assign]
 
 
 def _encoded(request: web.Request) -> bool:

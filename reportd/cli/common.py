@@ -19,6 +19,10 @@ from reportd.storage import SchemaError, Storage, open_storage, unavailable_erro
 T = TypeVar("T")
 
 
+# Failures a command explains in one line (the traceback only with --debug).
+_EXPLAINED: tuple[type[Exception], ...] = (*unavailable_errors(), ssl.SSLError, SchemaError, ConfigError)
+
+
 def config_of(ctx: click.Context) -> Config:
     return load_config_or_exit(ctx.obj["config_path"], ctx.obj["data_dir"])
 
@@ -93,7 +97,7 @@ class PluginCommands(click.Group):
 
         try:
             return super().invoke(ctx)
-        except (*unavailable_errors(), ssl.SSLError, SchemaError, ConfigError) as error:
+        except _EXPLAINED as error:
             if ctx.params.get("debug"):
                 raise
             if isinstance(error, ConfigError):

@@ -24,6 +24,7 @@ def serve(ctx: click.Context, listen: str | None, data_dir: Path | None) -> None
     """Run the daemon in the foreground until SIGTERM or SIGINT; logs go to stdout."""
     from reportd.log import configure_logging
     from reportd.serve import serve as run_server
+    from reportd.storage import unavailable_errors
 
     config = config_of(ctx)
     try:
@@ -32,11 +33,12 @@ def serve(ctx: click.Context, listen: str | None, data_dir: Path | None) -> None
         raise click.BadParameter(str(error), param_hint="--listen") from None
     configure_logging(config.log_level, config.log_format)
     pm = plugin_manager(config)
-    from reportd.storage import unavailable_errors
 
+    # What ends `serve` with one line rather than a traceback.
+    stopped: tuple[type[Exception], ...] = (ConfigError, RuntimeError, *unavailable_errors())
     try:
         asyncio.run(run_server(config, pm))
-    except (ConfigError, RuntimeError, *unavailable_errors()) as error:
+    except stopped as error:
         raise click.ClickException(str(error)) from None
 
 

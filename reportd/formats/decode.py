@@ -21,8 +21,8 @@ import json
 import math
 import re
 from collections.abc import Callable
-from json.decoder import WHITESPACE as _WHITESPACE
-from json.decoder import scanstring
+from json.decoder import WHITESPACE as _WHITESPACE  # type: ignore[attr-defined]
+from json.decoder import scanstring  # type: ignore[attr-defined]
 from typing import Any
 
 import orjson
@@ -126,7 +126,7 @@ class _Pieces:
     def __init__(self, text: str) -> None:
         self.text = text
         decoder = json.JSONDecoder(parse_constant=_not_finite, parse_int=_number, parse_float=_finite)
-        self.scan = decoder.scan_once
+        self.scan = decoder.scan_once  # type: ignore[attr-defined]  # the C scanner, undeclared
         self.skip = _WHITESPACE.match
 
     def document(self) -> Any:
@@ -144,7 +144,8 @@ class _Pieces:
         return self.scan(self.text, at)
 
     def mapping(self, at: int, depth: int) -> tuple[dict, int]:
-        text, skip, result = self.text, self.skip, {}
+        text, skip = self.text, self.skip
+        result: dict[str, Any] = {}
         at = skip(text, at + 1).end()
         if text[at] == "}":
             return result, at + 1
@@ -164,7 +165,8 @@ class _Pieces:
             at = skip(text, at + 1).end()
 
     def sequence(self, at: int, depth: int) -> tuple[list, int]:
-        text, skip, result = self.text, self.skip, []
+        text, skip = self.text, self.skip
+        result: list[Any] = []
         at = skip(text, at + 1).end()
         if text[at] == "]":
             return result, at + 1
@@ -256,7 +258,7 @@ class _Frame:
     __slots__ = ("anchor", "container", "key", "weight")
 
     def __init__(self, container: dict | list, anchor: str | None) -> None:
-        self.container = container
+        self.container: Any = container
         self.anchor = anchor
         self.key: str | None = None
         self.weight = 1
@@ -287,6 +289,7 @@ def _build(parser: Any, size: int) -> Any:
     while True:
         event = parser.get_event()
         kind = type(event)
+        value: Any
         # Each branch yields a value for the enclosing container and its expanded weight.
         if kind is ev.ScalarEvent:
             weight = len(event.value) + 1

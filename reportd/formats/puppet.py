@@ -8,7 +8,7 @@ with ``!ruby/object:Puppet::Transaction::Report``, read as a plain mapping
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from reportd.formats import Envelope, fields
 from reportd.formats.decode import json_data, yaml_data
@@ -120,7 +120,7 @@ def _metrics(value: Any) -> dict[str, dict[str, float]]:
     return metrics
 
 
-def _refuse_metrics(category: Any, values: Any) -> None:
+def _refuse_metrics(category: Any, values: Any) -> NoReturn:
     category = fields.metric_name(category, "metrics")
     if not isinstance(values, list):
         raise ReportError(f"metrics.{category}: expected an object with a values list")
@@ -132,12 +132,12 @@ def _logs(value: Any) -> list[Log]:
         return []
     if not isinstance(value, list):
         raise ReportError("logs: expected a list")
-    logs = []
+    logs: list[Log] = []
     append = logs.append
     for index, entry in enumerate(value):
         if type(entry) is not dict:
             raise ReportError(f"logs[{index}]: expected an object with a level")
-        get = entry.get
+        get: Any = entry.get
         level, message, source = get("level"), get("message"), get("source")
         tags, when, file, line = get("tags") or [], get("time"), get("file"), get("line")
         try:
@@ -191,13 +191,14 @@ def _resource_statuses(value: Any) -> list[ResourceStatus]:
     # reader for the error message.
     if value is None:
         return []
+    items: Any
     if isinstance(value, dict):
         items = value.items()
     elif isinstance(value, list):
         items = [(None, entry) for entry in value]
     else:
         raise ReportError("resource_statuses: expected an object")
-    statuses = []
+    statuses: list[ResourceStatus] = []
     append = statuses.append
     for key, entry in items:
         if type(entry) is not dict:
@@ -255,7 +256,7 @@ def _resource_statuses(value: Any) -> list[ResourceStatus]:
     return statuses
 
 
-def _refuse_resource_fields(key: Any, entry: dict, resource_type: str) -> None:
+def _refuse_resource_fields(key: Any, entry: dict, resource_type: str) -> NoReturn:
     where = f"resource_statuses[{key}]"
     fields.optional_text(entry.get("file"), f"{where}.file")
     if entry.get("line") is not None:

@@ -181,6 +181,7 @@ class JobsConsumer(Processor):
             try:
                 changed = await self.context.storage.record_node_outcome(outcome, time.time())
             except Exception as error:
+                assert report.id is not None  # a processor only gets spooled reports
                 failures[report.id] = error
                 continue
             self._recorded(report, outcome, changed)

@@ -151,13 +151,13 @@ class ReportQuery:
     after: tuple[float, int] | None = None  # keyset cursor: (run_time, id) of the last row seen
 
 
-def unavailable_errors() -> tuple[type[BaseException], ...]:
+def unavailable_errors() -> tuple[type[Exception], ...]:
     """What a backend raises when the database cannot do its part right now.
 
     A full disk, a database that is down or refuses connections, a lost
     connection: the caller answers 503 rather than 500 (nothing was stored).
     """
-    errors: list[type[BaseException]] = [OSError, sqlite3.Error, StorageUnavailable]
+    errors: list[type[Exception]] = [OSError, sqlite3.Error, StorageUnavailable]
     try:
         import asyncpg
     except ImportError:  # pragma: no cover - asyncpg is a dependency

@@ -330,7 +330,7 @@ def _load_jobs(ids: Sequence[int]) -> Steps:
         return []
     ids = list(ids)
     marks = _marks(ids)
-    rows = yield _all(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({marks})", *ids)
+    rows: list[Any] = yield _all(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({marks})", *ids)
     history: dict[int, list[StatusEntry]] = {}
     for job_id, state, enter, exit_ in (
         yield _all(
@@ -350,11 +350,13 @@ def _load_jobs(ids: Sequence[int]) -> Steps:
         counts.setdefault(job_id, {})[state] = int(count)
     by_id = {
         row[0]: JobRecord(
-            *row[:6],
-            orjson.loads(row[6]),
-            *row[7:],
-            status=tuple(history.get(row[0], ())),
-            node_states=counts.get(row[0], {}),
+            *[
+                *row[:6],
+                orjson.loads(row[6]),
+                *row[7:13],
+                tuple(history.get(row[0], ())),
+                counts.get(row[0], {}),
+            ]
         )
         for row in rows
     }
@@ -376,9 +378,9 @@ def _list_jobs(
     return jobs, int(total)
 
 
-def _node_record(row: Sequence[Any], events: Any = None) -> JobNodeRecord:
+def _node_record(row: Any, events: Any = None) -> JobNodeRecord:
     return JobNodeRecord(
-        *row[:8], orjson.loads(row[8]), row[9], _loads(row[10]), events=_loads(events) if events else None
+        *[*row[:8], orjson.loads(row[8]), row[9], _loads(row[10]), _loads(events) if events else None]
     )
 
 
@@ -396,7 +398,8 @@ def _job_events(job_id: int, start: int) -> Steps:
         " WHERE job_id = ? AND id >= ? ORDER BY id",
         job_id, start,
     )  # fmt: skip
-    return [JobEventRecord(*row[:5], orjson.loads(row[5]), row[6]) for row in rows]
+    found: list[Any] = rows
+    return [JobEventRecord(*[*row[:5], orjson.loads(row[5]), row[6]]) for row in found]
 
 
 def _last_job_event(job_id: int) -> Steps:

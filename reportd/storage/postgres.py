@@ -381,7 +381,9 @@ class PostgresStorage(SQLJobStorage, SQLScheduleStorage, SQLStoreOperations, Sto
         return [Claim(report_id, attempts) for report_id, attempts in sorted(rows)]
 
     async def give_back_leases(self, processor: str) -> None:
-        leases = [(p, r, until) for (p, r), until in self._leases.items() if p == processor]
+        leases: list[tuple[str, int | None, float]] = [
+            (p, r, until) for (p, r), until in self._leases.items() if p == processor
+        ]
         leases += [(p, None, until) for p, until in self._unanswered_claims if p == processor]
         if not leases:
             return

@@ -48,24 +48,16 @@ def node_row(row: tuple) -> tuple:
     return (row[1], row[2], row[3], row[4], row[0], row[11], row[14], row[15])
 
 
-def stored_report(row: Sequence[Any], envelope: Any = None, body: bytes = b"") -> StoredReport:
-    row = tuple(row)
-    return StoredReport(
-        *row[:5],
-        bool(row[5]),
-        *row[6:15],
-        orjson.loads(row[15]),
-        organization=row[16],
-        organization_id=row[17],
-        location_id=row[18],
-        envelope=envelope or {},
-        body=body,
-    )
+def stored_report(found: Sequence[Any], envelope: Any = None, body: bytes = b"") -> StoredReport:
+    row = tuple(found)
+    # id .. origin, noop as a bool, .. received_at, summary decoded, organization .. location_id
+    values = [*row[:5], bool(row[5]), *row[6:15], orjson.loads(row[15]), *row[16:19], envelope or {}, body]
+    return StoredReport(*values)
 
 
-def node(row: Sequence[Any]) -> NodeRow:
-    row = tuple(row)
-    return NodeRow(*row[:7], orjson.loads(row[7]))
+def node(found: Sequence[Any]) -> NodeRow:
+    row = tuple(found)
+    return NodeRow(*[*row[:7], orjson.loads(row[7])])
 
 
 def token_record(name: str, permissions: str, expires_at: float | None) -> TokenRecord:

@@ -134,11 +134,11 @@ def schedule_from_row(row: Sequence[Any]) -> Schedule:
     return Schedule(
         id=values[0],
         name=values[1],
-        hosts=tuple(hosts),
+        hosts=tuple(hosts or ()),
         services=tuple(services) if services is not None else None,
         type=values[4],
         schedule=values[5],
-        send_to=tuple(send_to),
+        send_to=tuple(send_to or ()),
         send_via=values[7],
         timezone=values[8],
         scheduled_at=int(values[9]),

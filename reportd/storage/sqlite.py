@@ -431,7 +431,7 @@ class _Writer(threading.Thread):
                 loop.call_soon_threadsafe(_settle, items)
 
     def _run_group(self, conn: sqlite3.Connection, group: list) -> None:
-        outcomes = []
+        outcomes: list[tuple[Any, Any, Any, BaseException | None]] = []
         refused: str | None = None
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -447,16 +447,16 @@ class _Writer(threading.Thread):
                     conn.execute("RELEASE job")
                     outcomes.append((future, loop, None, error))
             conn.execute("COMMIT")
-        except Exception as error:  # the commit itself failed: nothing in the group happened
+        except Exception as commit_error:  # the commit itself failed: nothing in the group happened
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            refused = str(error)
-            outcomes = [(future, loop, None, error) for _, future, loop in group]
+            refused = str(commit_error)
+            outcomes = [(future, loop, None, commit_error) for _, future, loop in group]
         if refused is not None:
             self.last_error = (refused, time.monotonic())
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-        for future, loop, result, error in outcomes:
-            by_loop.setdefault(loop, []).append((future, result, error))
+        for future, loop, result, failure in outcomes:
+            by_loop.setdefault(loop, []).append((future, result, failure))
         for loop, items in by_loop.items():
             if not loop.is_closed():
                 loop.call_soon_threadsafe(_settle, items)
