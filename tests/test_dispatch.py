@@ -7,7 +7,7 @@ from collections import Counter
 import orjson
 
 from reportd.web import PIPELINE, STORAGE
-from tests.conftest import deliveries, sample, wait_until
+from tests.support import deliveries, sample, wait_until
 
 URL = "/puppet/v3/report/{certname}?environment=production"
 

@@ -1,6 +1,6 @@
 """reportd/openapi.json against the code: the same routes, the same limits and enums, served as is.
 
-The routes come from the application itself, as tests/test_route_walk.py
+The routes come from the application itself, as tests/ingest/test_route_walk.py
 enumerates them: a route added without its description (or a description left
 behind by a removed route) fails here. What each route answers is checked
 against the document by a live daemon in tests/test_schemathesis.py.
@@ -33,7 +33,7 @@ from reportd.plugin_manager import get_plugin_manager
 from reportd.status import RUN_STATUSES
 from reportd.storage import jobs as job_storage
 from reportd.storage.schedules import EDITABLE
-from tests.conftest import ini_for
+from tests.support import ini_for
 
 DOCUMENT_PATH = Path(reportd.__file__).with_name("openapi.json")
 DOCUMENT = json.loads(DOCUMENT_PATH.read_bytes())

@@ -14,9 +14,8 @@ import pytest
 
 from reportd.config import CORE_SETTINGS, load_config
 from reportd.plugin_manager import declared_settings, get_plugin_manager
-from tests.conftest import ini_for
+from tests.support import ROOT, ini_for
 
-ROOT = Path(__file__).parents[1]
 INI = ROOT / "etc" / "reportd.ini"
 UNIT = ROOT / "systemd" / "reportd.service"
 

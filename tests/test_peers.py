@@ -1,4 +1,4 @@
-"""How the tests find their real peers (tests/pg.py, tests/peers.py): the order, and that a peer named
+"""How the tests find their real peers (tests/support/pg.py, tests/support/peers.py): the order, and that a peer named
 explicitly that does not answer fails its tests, where an absent one only skips them."""
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ import os
 import pytest
 from aiohttp import web
 
-from tests import pg
-from tests.conftest import free_port
-from tests.peers import PUPPETDB_URL_VARIABLE, Found, Peer, find_puppetdb, puppetdb_problem
+from tests.support import free_port, pg
+from tests.support.peers import PUPPETDB_URL_VARIABLE, Found, Peer, find_puppetdb, puppetdb_problem
 
 DSN, LOCAL, BIN = pg.PG_DSN_VARIABLE, pg.PG_LOCAL_VARIABLE, pg.PG_BIN_VARIABLE
 REQUIRE = "REPORTD_TEST_PEERS_REQUIRE_IN_THIS_TEST"

@@ -16,7 +16,7 @@ from reportd.parsing import ReportParser
 from reportd.pipeline import Pipeline
 from reportd.storage import open_storage
 from reportd.telemetry import Telemetry
-from tests.conftest import sample
+from tests.support import sample
 
 
 class Everything(Processor):

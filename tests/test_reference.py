@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from reportd.config import CORE_SETTINGS
 from reportd.plugin_manager import declared_settings, get_plugin_manager
 from reportd.reference import drift, markdown
 from reportd.settings import Setting, as_str
+from tests.support import ROOT
 
-ROOT = Path(__file__).parent.parent
 INI = (ROOT / "etc" / "reportd.ini").read_text()
 
 

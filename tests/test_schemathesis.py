@@ -18,13 +18,11 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from tests.conftest import ini_for
+from tests.support import ROOT, TESTS, ini_for
 
-ROOT = Path(__file__).parents[1]
 DOCUMENT = ROOT / "reportd" / "openapi.json"
-HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
+HOOKS = TESTS / "support" / "schemathesis_hooks.py"
 CHECKS = (
     "not_a_server_error",
     "status_code_conformance",

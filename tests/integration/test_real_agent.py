@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import free_port
+from tests.support import free_port
 
 SCRIPT = Path(__file__).with_name("check-real-agent.sh")
 

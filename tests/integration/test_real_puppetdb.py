@@ -1,7 +1,7 @@
 """Forwarding to a real PuppetDB (Debian's puppetdb 7.12): ``REPORTD_TEST_PUPPETDB_URL``, else a local one.
 
 Start one with ``tests/integration/puppetdb.sh start`` (about 25 s): the tests find
-it on 127.0.0.1:8080 (tests/peers.py), or set ``REPORTD_TEST_PUPPETDB_URL``.
+it on 127.0.0.1:8080 (tests/support/peers.py), or set ``REPORTD_TEST_PUPPETDB_URL``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import uuid
 import aiohttp
 import orjson
 
-from tests.conftest import sample, wait_until
+from tests.support import sample, wait_until
 
 
 async def query(session: aiohttp.ClientSession, puppetdb: str, ast: list) -> list[dict]:
