@@ -204,7 +204,8 @@ def seal(report: Report) -> Report:
     parts refuse assignment (``FrozenInstanceError``), so no processor can change
     what another sees. Values that are arbitrary JSON (an event's old and new
     value, a format's ``extra`` values) are the parser's own objects: read them only.
-    Costs a few microseconds per resource, far less than copying per processor.
+    About a microsecond per resource: at 50 resources per report, 2 to 5 % of ingest
+    throughput (bench/ingest.py, paired runs), far less than a copy per processor.
     """
     if isinstance(report, _Sealed):
         return report
