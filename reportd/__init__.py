@@ -32,8 +32,8 @@ from reportd.hookspecs import hookimpl
 from reportd.jobs import JobRun, JobRunError
 from reportd.model import Event, Log, Report, ResourceStatus
 from reportd.output import echo_json_lines, echo_table, iso_time, progress
+from reportd.parsing import rebuild as rebuild_report
 from reportd.periodic import drain, every
-from reportd.pipeline import rebuild as rebuild_report
 from reportd.processor import PermanentError, Processor
 from reportd.query import INT64_MAX
 from reportd.query import integer as query_integer

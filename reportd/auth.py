@@ -24,16 +24,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from reportd.permissions import PERMISSIONS, UPLOAD, VIEW_REPORTS  # noqa: F401 - re-exported
+
 if TYPE_CHECKING:
     from aiohttp import web
 
     from reportd.config import Config
 
-UPLOAD = "upload_config_reports"
-VIEW_REPORTS = "view_reports"
-PERMISSIONS = frozenset(
-    {UPLOAD, VIEW_REPORTS, "view_jobs", "edit_jobs", "view_schedules", "edit_schedules", "admin"}
-)
 TOKEN_PREFIX = "rpd_"
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from reportd.auth import PERMISSIONS
+from reportd.permissions import PERMISSIONS
 from reportd.settings import (
     ConfigError,
     Setting,

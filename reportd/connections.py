@@ -35,8 +35,6 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import StreamReader, web
 
-from reportd.appkeys import CONNECTIONS
-
 if TYPE_CHECKING:
     from reportd.config import Config
 
@@ -238,8 +236,8 @@ class ConnectionGuard:
 
     # -- wiring ---------------------------------------------------------------------
     def install(self, app: web.Application) -> None:
-        """Before the app is frozen: the middleware that tells the guard when a request runs."""
-        app[CONNECTIONS] = self
+        """Before the app is frozen: the middleware that tells the guard when a request runs.
+        (The caller keeps the guard as ``app[CONNECTIONS]``, where body readers find it.)"""
         app.middlewares.insert(0, self._middleware)  # outermost: it must see every request
 
     async def start(
@@ -568,12 +566,13 @@ class BodyPace:
     (an app served another way) they are the body's bytes as read.
     """
 
-    def __init__(self, request: web.BaseRequest, base: float, rate: int) -> None:
+    def __init__(
+        self, request: web.BaseRequest, base: float, rate: int, guard: ConnectionGuard | None
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         self.started = self.loop.time()
         self.base = base
         self.rate = rate
-        guard = request.app.get(CONNECTIONS) if isinstance(request, web.Request) else None
         self.guard = guard
         self.conn = request.get(CONNECTION) if guard is not None else None
         if self.guard is not None and self.conn is not None:

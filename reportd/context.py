@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from reportd.pipeline import rebuild_off_loop
+from reportd.parsing import rebuild_off_loop
 
 T = TypeVar("T")
 

@@ -20,7 +20,7 @@ import ctypes.util
 import functools
 import gc
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -73,6 +73,25 @@ class ReportParser:
         """:func:`reportd.formats.parse`, off the loop for a large body."""
         yaml = is_yaml_body(envelope.format, envelope.content_type, body)
         return await self.run(len(body), yaml, parse, body, envelope)
+
+
+def rebuild(report_id: int, envelope: Mapping[str, Any], body: bytes) -> Report:
+    """The report spooled as ``report_id``, parsed again from its body and envelope.
+
+    Raises :class:`reportd.formats.ReportError` when the body no longer parses
+    (a body accepted by an older release, under other limits).
+    """
+    report = parse(body, Envelope.from_dict(dict(envelope)))
+    report.id = report_id
+    return report
+
+
+async def rebuild_off_loop(
+    parser: ReportParser, report_id: int, envelope: Mapping[str, Any], body: bytes
+) -> Report:
+    """:func:`rebuild`, on a parse worker when the body is large (as at ingest)."""
+    yaml = is_yaml_body(envelope["format"], envelope["content_type"], body)
+    return await parser.run(len(body), yaml, rebuild, report_id, envelope, body)
 
 
 def is_yaml_body(format: str, content_type: str, body: bytes) -> bool:

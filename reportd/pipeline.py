@@ -4,20 +4,19 @@ Ingest handlers authenticate, read and parse, then call :meth:`Pipeline.accept`;
 nothing else in the HTTP layer knows which processors exist. Each processor says
 itself which reports it takes (:meth:`reportd.processor.Processor.wants`), so the
 built-in job tracker is an ordinary processor that wants reports with a ``job_id``.
-:func:`rebuild` is the one place a spooled body becomes a report again (for the
-dispatcher, the store's read API, the CLI and the e-mail digest).
+:func:`reportd.parsing.rebuild` is the one place a spooled body becomes a report again
+(for the dispatcher, the store's read API, the CLI and the e-mail digest).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from reportd.dispatch import Dispatcher, RetryPolicy
-from reportd.formats import Envelope, parse
+from reportd.formats import Envelope
 from reportd.model import Report, seal
-from reportd.parsing import ReportParser, is_yaml_body
+from reportd.parsing import ReportParser, rebuild_off_loop
 from reportd.processor import Processor
 from reportd.storage import Accepted, InboxEntry, SpooledReport, Storage
 from reportd.telemetry import Telemetry
@@ -34,25 +33,6 @@ def idempotency_key(report: Report) -> str:
     if report.format == "foreman" and "reported_at" in report.extra:
         return f"foreman:{report.certname}:{report.extra['reported_at']}"
     return f"{report.format}:{report.certname}:sha256:{hashlib.sha256(report.raw).hexdigest()}"
-
-
-def rebuild(report_id: int, envelope: Mapping[str, Any], body: bytes) -> Report:
-    """The report spooled as ``report_id``, parsed again from its body and envelope.
-
-    Raises :class:`reportd.formats.ReportError` when the body no longer parses
-    (a body accepted by an older release, under other limits).
-    """
-    report = parse(body, Envelope.from_dict(dict(envelope)))
-    report.id = report_id
-    return report
-
-
-async def rebuild_off_loop(
-    parser: ReportParser, report_id: int, envelope: Mapping[str, Any], body: bytes
-) -> Report:
-    """:func:`rebuild`, on a parse worker when the body is large (as at ingest)."""
-    yaml = is_yaml_body(envelope["format"], envelope["content_type"], body)
-    return await parser.run(len(body), yaml, rebuild, report_id, envelope, body)
 
 
 class Pipeline:

@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 
 from reportd.app import create_app
+from reportd.appkeys import CONNECTIONS
 from reportd.config import Config, redacted_url
 from reportd.connections import ConnectionGuard, Limits, raise_open_file_limit
 from reportd.log import report_suppressed_logs
@@ -100,6 +101,7 @@ async def serve(config: Config, pm: pluggy.PluginManager) -> None:
     if tls is not None and config.tls_crl is not None:
         app.on_response_prepare.append(tls.close_stale_connections)
     guard = ConnectionGuard(Limits.from_config(config))
+    app[CONNECTIONS] = guard
     guard.install(app)
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, shutdown_timeout=config.shutdown_timeout

@@ -18,6 +18,7 @@ from reportd.appkeys import (  # noqa: F401 - re-exported: where the keys were f
     AUTHENTICATOR,
     BODY_BUDGET,
     CONFIG,
+    CONNECTIONS,
     CONTEXT,
     PARSER,
     PIPELINE,
@@ -136,7 +137,8 @@ async def read_body(request: web.Request, limit: int, share: Share | None = None
     if request.content_length is not None and request.content_length > limit and not _encoded(request):
         raise BodyTooLarge
     config = request.app[CONFIG]
-    pace = BodyPace(request, config.body_timeout_base, config.min_body_rate)
+    guard = request.app.get(CONNECTIONS) if isinstance(request, web.Request) else None
+    pace = BodyPace(request, config.body_timeout_base, config.min_body_rate, guard)
     chunks = bytearray()
     content = request.content
     try:

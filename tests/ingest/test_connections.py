@@ -465,6 +465,7 @@ def test_the_systemd_unit_has_room_for_the_default_cap():
 OUT_OF_FILES_SERVER = """
 import asyncio, resource, sys
 from aiohttp import web
+from reportd.appkeys import CONNECTIONS
 from reportd.connections import ConnectionGuard, Limits
 from reportd.log import configure_logging
 
@@ -477,6 +478,7 @@ async def main():
     app.router.add_get("/healthz", health)
     guard = ConnectionGuard(Limits(max_connections=10_000, header_timeout=60.0, body_timeout_base=10.0,
                                    min_body_rate=65536))
+    app[CONNECTIONS] = guard
     guard.install(app)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
