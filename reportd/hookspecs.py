@@ -115,7 +115,7 @@ def reportd_start_job_run(context: PluginContext, job: JobRun, certname: str) ->
     implementation always takes the node). reportd then marks the node
     ``running`` (event ``node_running``) and awaits it as a task of its own:
     finish when your part is over (the command exited, the run was queued);
-    raise :class:`reportd.jobs.JobRunError` (or any exception) when the run
+    raise :class:`reportd.JobRunError` (or any exception) when the run
     could not start or failed without a report: the node becomes ``errored``
     with the exception's message, unless its report settled it first. Once
     the node's report has arrived its state is the report's, whatever the
@@ -124,7 +124,7 @@ def reportd_start_job_run(context: PluginContext, job: JobRun, certname: str) ->
     timeout. Must not block the event loop.
 
     :param context: the plugin context (configuration, storage, settings).
-    :param job: the job (:class:`reportd.jobs.JobRun`): id, environment, noop,
+    :param job: the job (:class:`reportd.JobRun`): id, environment, noop,
         concurrency, timeout and deadline, owner, options as requested.
     :param certname: the node to run Puppet on.
     """
@@ -139,11 +139,11 @@ def reportd_register_commands(cli: click.Group) -> None:
     ``--data-dir``) are parsed, since they decide which plugins load. Add
     commands with ``@cli.command()`` / ``@cli.group()`` or
     ``cli.add_command(...)``; each becomes ``reportd NAME``. A built-in command
-    of the same name wins. Inside a command, ``reportd.cli.plugin_context(ctx)``
+    of the same name wins. Inside a command, ``reportd.plugin_context(ctx)``
     (with ``ctx = click.get_current_context()``) returns a
     :class:`reportd.PluginContext` with the configuration, every plugin's parsed
     settings and an **unopened** storage: ``await context.storage.open()`` and
-    close it when done; ``reportd.cli.run_with_context(job)`` does that around
+    close it when done; ``reportd.run_with_context(job)`` does that around
     ``await job(context)``. Must not return an awaitable.
 
     :param cli: a :class:`click.Group` collecting this plugin's commands.
