@@ -50,11 +50,11 @@ class SQLStoreOperations(SQLOperations):
         return {p: QueueStats(pending, dead, oldest) for p, pending, dead, oldest in found}
 
     async def dead_letters(self, processor: str | None, limit: int) -> list[DeadLetter]:
-        filters, params = where([("d.processor = ?", processor)])
+        filters, params = where([("d.state = ?", "dead"), ("d.processor = ?", processor)])
         select = rows(
             "SELECT d.processor, d.report_id, i.certname, d.attempts, d.last_error"
-            f" FROM deliveries d JOIN inbox i ON i.id = d.report_id {filters or 'WHERE TRUE'}"
-            " AND d.state = 'dead' ORDER BY d.report_id LIMIT ?",
+            f" FROM deliveries d JOIN inbox i ON i.id = d.report_id {filters}"
+            " ORDER BY d.report_id LIMIT ?",
             *params,
             limit,
         )
@@ -187,10 +187,10 @@ def _delivery_states(keys: Sequence[tuple[str, int]]) -> Steps:
 
 
 def _retry(processor: str | None, report_ids: Sequence[int] | None, now: float) -> Steps:
-    filters, params = where([("processor = ?", processor)])
+    filters, params = where([("state = ?", "dead"), ("processor = ?", processor)])
     update = (
         "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?, lease_until = NULL"
-        f" {filters or 'WHERE TRUE'} AND state = 'dead'"
+        f" {filters}"
     )
     if report_ids is None:
         return (yield count(update, now, *params))
