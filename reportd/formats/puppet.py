@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 from reportd.formats import Envelope, fields
 from reportd.formats.decode import json_data, yaml_data
 from reportd.formats.fields import ReportError, parse_time, plus_seconds
-from reportd.model import Event, Log, Report, ResourceStatus
+from reportd.model import Event, Log, Report, ResourceStatus, SealedEvent, SealedLog, SealedResourceStatus
 from reportd.status import derive_status
 
 MIN_FORMAT, MAX_FORMAT = 4, 12
@@ -127,9 +127,9 @@ def _refuse_metrics(category: Any, values: Any) -> NoReturn:
     raise _invalid(f"metrics.{category}", f"has more than {fields.MAX_METRIC_KEYS} metrics")
 
 
-def _logs(value: Any) -> list[Log]:
+def _logs(value: Any) -> tuple[Log, ...]:
     if value is None:
-        return []
+        return ()
     if not isinstance(value, list):
         raise ReportError("logs: expected a list")
     logs: list[Log] = []
@@ -157,8 +157,10 @@ def _logs(value: Any) -> list[Log]:
             fields.string_list(tags, f"{where}.tags")
             fields.optional_text(file, f"{where}.file")
             line = None if line is None else fields.integer(line, f"{where}.line")
-        append(Log(level, message, source, tags, _time(when, "logs", index), file, line))
-    return logs
+        log = Log(level, message, source, tuple(tags), _time(when, "logs", index), file, line)
+        log.__class__ = SealedLog
+        append(log)
+    return tuple(logs)
 
 
 def _time(value: Any, where: str, index: Any, suffix: str = "time") -> datetime | None:
@@ -185,12 +187,12 @@ _INT64_MAX = fields.INT64_MAX
 _join = "".join
 
 
-def _resource_statuses(value: Any) -> list[ResourceStatus]:
+def _resource_statuses(value: Any) -> tuple[ResourceStatus, ...]:
     # The hot loop of ingest (tens to thousands of resources per report): plain
     # lookups and type checks inline; a field that fails them goes through its
     # reader for the error message.
     if value is None:
-        return []
+        return ()
     items: Any
     if isinstance(value, dict):
         items = value.items()
@@ -199,7 +201,7 @@ def _resource_statuses(value: Any) -> list[ResourceStatus]:
     else:
         raise ReportError("resource_statuses: expected an object")
     statuses: list[ResourceStatus] = []
-    append = statuses.append
+    append, sealed = statuses.append, SealedResourceStatus
     for key, entry in items:
         if type(entry) is not dict:
             raise ReportError(f"resource_statuses[{key}]: expected an object")
@@ -231,29 +233,29 @@ def _resource_statuses(value: Any) -> list[ResourceStatus]:
             moment = None
         else:
             moment = _quick_time(when) or parse_time(when, f"resource_statuses[{key}].time")[0]
-        append(
-            ResourceStatus(
-                resource_type,
-                title if type(title) is str else _title(title, key),
-                file,
-                line,
-                containment_path,
-                tags,
-                moment,
-                evaluation_time,
-                provider,
-                get("failed") is True,
-                get("failed_to_restart") is True,
-                get("changed") is True,
-                get("out_of_sync") is True,
-                get("skipped") is True,
-                change_count,
-                out_of_sync_count,
-                get("corrective_change") is True,
-                _events(events, key) if events else [],
-            )
+        status = ResourceStatus(
+            resource_type,
+            title if type(title) is str else _title(title, key),
+            file,
+            line,
+            tuple(containment_path),
+            tuple(tags),
+            moment,
+            evaluation_time,
+            provider,
+            get("failed") is True,
+            get("failed_to_restart") is True,
+            get("changed") is True,
+            get("out_of_sync") is True,
+            get("skipped") is True,
+            change_count,
+            out_of_sync_count,
+            get("corrective_change") is True,
+            _events(events, key) if events else (),
         )
-    return statuses
+        status.__class__ = sealed  # see reportd.model.seal: made read-only while it is at hand
+        append(status)
+    return tuple(statuses)
 
 
 def _refuse_resource_fields(key: Any, entry: dict, resource_type: str) -> NoReturn:
@@ -288,7 +290,7 @@ def _split_resource(reference: Any) -> tuple[str, str]:
 _SCALARS = frozenset((str, int, float, bool, type(None), datetime))
 
 
-def _events(value: Any, key: Any) -> list[Event]:
+def _events(value: Any, key: Any) -> tuple[Event, ...]:
     if not isinstance(value, list):
         raise ReportError(f"resource_statuses[{key}].events: expected a list")
     events = []
@@ -319,14 +321,14 @@ def _events(value: Any, key: Any) -> list[Event]:
             fields.plain(previous, f"{where}.previous_value")
             fields.plain(desired, f"{where}.desired_value")
             fields.plain(historical, f"{where}.historical_value")
-        events.append(
-            Event(
-                status, prop, previous, desired, historical, message, name,
-                _time(get("time"), f"resource_statuses[{key}].events", "", "time"),
-                get("audited") is True, redacted, get("corrective_change") is True,
-            )
+        event = Event(
+            status, prop, previous, desired, historical, message, name,
+            _time(get("time"), f"resource_statuses[{key}].events", "", "time"),
+            get("audited") is True, redacted, get("corrective_change") is True,
         )  # fmt: skip
-    return events
+        event.__class__ = SealedEvent
+        events.append(event)
+    return tuple(events)
 
 
 def _first_line(error: Exception) -> str:
