@@ -136,11 +136,18 @@ async def read_body(request: web.Request, limit: int, share: Share | None = None
     """
     if request.content_length is not None and request.content_length > limit and not _encoded(request):
         raise BodyTooLarge
+    content = request.content
+    if content.is_eof():  # all of it came with the head (most agents' reports): nothing to pace
+        body = content.read_nowait(-1)
+        if len(body) > limit:
+            raise BodyTooLarge
+        if share is not None:
+            await share.grow_to(len(body))
+        return body
     config = request.app[CONFIG]
     guard = request.app.get(CONNECTIONS) if isinstance(request, web.Request) else None
     pace = BodyPace(request, config.body_timeout_base, config.min_body_rate, guard)
     chunks = bytearray()
-    content = request.content
     try:
         while True:
             try:

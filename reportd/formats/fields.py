@@ -309,7 +309,8 @@ def optional_time(value: Any, field_name: str) -> datetime | None:
 
 def plus_seconds(start: datetime, seconds: Any, field_name: str) -> datetime | None:
     """``start`` plus a run's duration; None without one, a ReportError when absurd."""
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+    # A tuple: `int | float` would be built anew at each call.
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
         return None
     try:
         return start + timedelta(seconds=seconds)

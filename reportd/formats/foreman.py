@@ -156,7 +156,7 @@ def _metrics(value: Any) -> dict[str, dict[str, float]]:
                     number = float(number) if len(number) <= 64 else None
                 except ValueError:
                     number = None
-            if isinstance(number, bool) or not isinstance(number, int | float):
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
                 raise ReportError.invalid("metrics", f"{category}.{key} must be a number")
             numbers[key] = number
         category = fields.metric_name(category, "metrics")
