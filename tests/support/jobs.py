@@ -1,3 +1,5 @@
+"""What the jobs tests share: tokens, an orchestrator client over a real app, node-state counts."""
+
 from __future__ import annotations
 
 import json

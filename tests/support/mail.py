@@ -1,4 +1,8 @@
-"""Helpers of the email schedule tests: Puppet reports made to order, a clock, an SMTP server."""
+"""Helpers of the email schedule tests: Puppet reports made to order, a clock, an SMTP server.
+
+Named ``mail``, not ``email``: tests/support/jobs_agent.py runs as a script from this
+folder, and a module here named ``email`` would shadow the standard library's.
+"""
 
 from __future__ import annotations
 

@@ -1,3 +1,5 @@
+"""What the plugin API tests share: an app built with a given plugin registered."""
+
 from __future__ import annotations
 
 from reportd.app import create_app

@@ -1,3 +1,5 @@
+"""What the storage tests share: a fixed clock origin, dropping a PostgreSQL schema, jobs made to order."""
+
 from __future__ import annotations
 
 import asyncpg
