@@ -34,7 +34,7 @@ async def storage_check(config: Config) -> tuple[list[str], str | None]:
             status = await open_storage(url).schema_status()
     except TimeoutError:
         return [f"{where}: {redacted_url(url)} does not answer within {CONNECT_TIMEOUT:.0f}s"], None
-    except _UNREACHABLE as error:
+    except _unreachable() as error:
         return [f"{where}: cannot open {redacted_url(url)}: {describe(error)}"], None
     try:
         check_schema(status, migrating=config.auto_migrate)
@@ -43,8 +43,9 @@ async def storage_check(config: Config) -> tuple[list[str], str | None]:
     return [], _schema_line(status, config.auto_migrate)
 
 
-# What opening a database raises when it cannot be reached or used.
-_UNREACHABLE: tuple[type[Exception], ...] = (*unavailable_errors(), ssl.SSLError)
+def _unreachable() -> tuple[type[Exception], ...]:
+    """What opening a database raises when it cannot be reached or used."""
+    return (*unavailable_errors(), ssl.SSLError)
 
 
 def _schema_line(status: SchemaStatus, auto_migrate: bool) -> str:

@@ -19,8 +19,9 @@ from reportd.storage import SchemaError, Storage, open_storage, unavailable_erro
 T = TypeVar("T")
 
 
-# Failures a command explains in one line (the traceback only with --debug).
-_EXPLAINED: tuple[type[Exception], ...] = (*unavailable_errors(), ssl.SSLError, SchemaError, ConfigError)
+def _explained() -> tuple[type[Exception], ...]:
+    """Failures a command explains in one line (the traceback only with --debug)."""
+    return (*unavailable_errors(), ssl.SSLError, SchemaError, ConfigError)
 
 
 def config_of(ctx: click.Context) -> Config:
@@ -97,7 +98,7 @@ class PluginCommands(click.Group):
 
         try:
             return super().invoke(ctx)
-        except _EXPLAINED as error:
+        except _explained() as error:
             if ctx.params.get("debug"):
                 raise
             if isinstance(error, ConfigError):
