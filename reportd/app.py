@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from reportd.appkeys import AUTHENTICATOR, BODY_BUDGET, CONFIG, CONTEXT, PARSER, PIPELINE, STORAGE, TELEMETRY
 from reportd.auth import VIEW_REPORTS, Authenticator
 from reportd.config import Config, validate_plugin_sections
 from reportd.context import PluginContext
@@ -30,20 +31,7 @@ from reportd.plugin_manager import declared_settings, known_plugin_names, proces
 from reportd.settings import ConfigError, did_you_mean
 from reportd.storage import Storage, open_storage, unavailable_errors
 from reportd.telemetry import Telemetry
-from reportd.web import (
-    AUTHENTICATOR,
-    BODY_BUDGET,
-    CONFIG,
-    CONTEXT,
-    PARSER,
-    PIPELINE,
-    STORAGE,
-    TELEMETRY,
-    api_error,
-    fail_truncated_deflate_bodies,
-    json_response,
-    require_permission,
-)
+from reportd.web import api_error, fail_truncated_deflate_bodies, json_response, require_permission
 
 log = structlog.get_logger("reportd.app")
 

@@ -212,10 +212,11 @@ def seal(report: Report) -> Report:
     if isinstance(report, _Sealed):
         return report
     sealed_event, sealed_status, sealed_log = SealedEvent, SealedResourceStatus, SealedLog
-    # The Puppet parser seals the parts as it makes them (while they are in the CPU's cache),
-    # and hands them over as tuples: only other formats' parts are sealed here.
-    statuses = report.resource_statuses if type(report.resource_statuses) is not tuple else ()
-    for status in statuses:  # the hot loop: tens to thousands per report
+    # The Puppet parser seals the parts as it makes them (while they are in the CPU's cache):
+    # only what is not sealed yet is sealed here.
+    for status in report.resource_statuses:  # the hot loop: tens to thousands per report
+        if status.__class__ is sealed_status:
+            continue
         events = status.events
         if events:
             for event in events:
@@ -226,7 +227,9 @@ def seal(report: Report) -> Report:
         status.containment_path = tuple(status.containment_path)
         status.tags = tuple(status.tags)
         status.__class__ = sealed_status
-    for log in report.logs if type(report.logs) is not tuple else ():
+    for log in report.logs:
+        if log.__class__ is sealed_log:
+            continue
         log.tags = tuple(log.tags)
         log.__class__ = sealed_log
     report.logs = tuple(report.logs)

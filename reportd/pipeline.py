@@ -89,7 +89,7 @@ class Pipeline:
             certname=report.certname,
             format=envelope.format,
             received_at=envelope.received_at.timestamp(),
-            envelope=envelope.to_dict(),
+            envelope=report.envelope,  # the envelope it was parsed with, as a dict already
             body=report.raw,
         )
         recipients = self.recipients(report)

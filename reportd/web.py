@@ -14,16 +14,10 @@ from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
-from reportd.appkeys import (  # noqa: F401 - re-exported: where the keys were first
+from reportd.appkeys import (
     AUTHENTICATOR,
-    BODY_BUDGET,
     CONFIG,
     CONNECTIONS,
-    CONTEXT,
-    PARSER,
-    PIPELINE,
-    STORAGE,
-    TELEMETRY,
 )
 from reportd.auth import Identity, in_networks
 from reportd.connections import BodyPace

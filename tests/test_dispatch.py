@@ -6,7 +6,7 @@ from collections import Counter
 
 import orjson
 
-from reportd.web import PIPELINE, STORAGE
+from reportd.appkeys import PIPELINE, STORAGE
 from tests.support import deliveries, sample, wait_until
 
 URL = "/puppet/v3/report/{certname}?environment=production"

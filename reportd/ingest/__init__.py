@@ -20,20 +20,12 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from reportd.appkeys import BODY_BUDGET, CONFIG, PARSER, PIPELINE, TELEMETRY
 from reportd.formats import Envelope, ReportError
 from reportd.formats.fields import certname_problem
 from reportd.model import Report
 from reportd.storage import Accepted, unavailable_errors
-from reportd.web import (
-    BODY_BUDGET,
-    CONFIG,
-    PARSER,
-    PIPELINE,
-    TELEMETRY,
-    BodyTimeout,
-    BodyTooLarge,
-    read_body,
-)
+from reportd.web import BodyTimeout, BodyTooLarge, read_body
 
 log = structlog.get_logger("reportd.ingest")
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from reportd.appkeys import PARSER, STORAGE
 from reportd.auth import UPLOAD, Identity
 from reportd.formats import Envelope, ReportError, chef, fields, parse_time, with_origin
 from reportd.ingest import (
@@ -26,7 +27,7 @@ from reportd.ingest import (
 )
 from reportd.model import utcnow
 from reportd.storage import unavailable_errors
-from reportd.web import PARSER, STORAGE, identify, json_error, json_response, public_base_url
+from reportd.web import identify, json_error, json_response, public_base_url
 
 PROTOCOL_HEADER = "X-Ops-Reporting-Protocol-Version"
 PROTOCOL_VERSION = "0.1.0"

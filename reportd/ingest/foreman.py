@@ -14,11 +14,12 @@ from typing import Any
 
 from aiohttp import web
 
+from reportd.appkeys import PARSER
 from reportd.auth import UPLOAD
 from reportd.formats import Envelope, ReportError, as_count, foreman, with_origin
 from reportd.ingest import Refusal, accept_report, log_accepted, refusals, request_body
 from reportd.model import Report, utcnow
-from reportd.web import PARSER, identify, json_error, json_response
+from reportd.web import identify, json_error, json_response
 
 PATHS = ("/api/reports", "/api/v2/reports", "/api/config_reports", "/api/v2/config_reports")
 SCOPE_PARAMETERS = ("location_id", "organization_id")

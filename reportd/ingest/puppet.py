@@ -8,6 +8,7 @@ import time
 
 from aiohttp import web
 
+from reportd.appkeys import PIPELINE
 from reportd.auth import UPLOAD
 from reportd.formats import Envelope, fields
 from reportd.formats.fields import ReportError
@@ -21,7 +22,7 @@ from reportd.ingest import (
     request_body,
 )
 from reportd.model import utcnow
-from reportd.web import PIPELINE, identify, json_response, puppet_error
+from reportd.web import identify, json_response, puppet_error
 
 
 def _render(refusal: Refusal) -> web.HTTPException:

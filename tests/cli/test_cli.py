@@ -13,9 +13,9 @@ import orjson
 import pytest
 from click.testing import CliRunner, Result
 
+from reportd.appkeys import STORAGE
 from reportd.auth import hash_token
 from reportd.cli import cli
-from reportd.web import STORAGE
 from tests.support import LOCAL_PLUGINS, PUPPET, ROOT, SAMPLE_CERTNAME, ini_for, sample
 
 STORE_PLUGIN = ROOT / "plugins" / "store.py"

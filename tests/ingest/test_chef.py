@@ -14,8 +14,8 @@ import uuid
 import orjson
 import pytest
 
+from reportd.appkeys import STORAGE
 from reportd.auth import hash_token, new_token
-from reportd.web import STORAGE
 from tests.support import wait_until
 
 RUN_ID = "550e4500-e22b-4ad4-a716-446659876500"

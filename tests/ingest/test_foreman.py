@@ -14,9 +14,9 @@ import orjson
 import pytest
 from yarl import URL
 
+from reportd.appkeys import STORAGE
 from reportd.auth import hash_token, new_token
 from reportd.formats.foreman import status_bits, unpack_status_bits
-from reportd.web import STORAGE
 from tests.support import wait_until
 
 JSON_V2 = {"Accept": "application/json,version=2", "Content-Type": "application/json"}

@@ -17,6 +17,7 @@ import orjson
 import pytest
 import yaml
 
+from reportd.appkeys import STORAGE
 from reportd.auth import hash_token, new_token
 from reportd.dispatch import _ReportCache
 from reportd.formats import Envelope, ReportError, parse
@@ -24,7 +25,6 @@ from reportd.model import Report, utcnow
 from reportd.parsing import ByteBudget
 from reportd.status import RUN_STATUSES
 from reportd.storage import ReportQuery
-from reportd.web import STORAGE
 from tests.support import deliveries, sample, wait_until
 
 PUT = "/puppet/v3/report/{certname}?environment=production"

@@ -10,12 +10,12 @@ import asyncpg
 import orjson
 from click.testing import CliRunner, Result
 
+from reportd.appkeys import STORAGE
 from reportd.cli import cli
 from reportd.storage import InboxEntry, ReportQuery, Storage, open_storage
 from reportd.storage.postgres import PostgresStorage
 from reportd.storage.sqlite import SQLiteStorage
 from reportd.storage.sqlite_to_postgres import copy_sqlite_to_postgres
-from reportd.web import STORAGE
 from tests.support import sample, wait_until
 from tests.support.storage import T0, deployed, new_job, outcome
 

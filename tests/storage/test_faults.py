@@ -21,7 +21,7 @@ import aiohttp
 import asyncpg
 import orjson
 
-from reportd.web import STORAGE
+from reportd.appkeys import STORAGE
 from tests.support import LOCAL_PLUGINS, ini_for, sample
 from tests.support.pg import fresh_database
 

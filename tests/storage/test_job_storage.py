@@ -9,7 +9,7 @@ import pytest
 
 from reportd.storage.postgres import PostgresStorage
 from reportd.storage.sqlite import SQLiteStorage
-from tests.support.storage import T0, deployed, drop_schema, new_job, outcome
+from tests.support.storage import T0, deployed, drop_schema, new_job, outcome, postgres_in_own_schema
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -21,14 +21,8 @@ async def storage(request, tmp_path):
         yield backend
         await backend.close()
         return
-    dsn, schema = request.getfixturevalue("pg_dsn"), f"t_{uuid.uuid4().hex}"
-    backend = PostgresStorage(dsn, schema=schema)
-    try:
-        await backend.open()
+    async with postgres_in_own_schema(request.getfixturevalue("pg_dsn")) as backend:
         yield backend
-        await backend.close()
-    finally:
-        await drop_schema(dsn, schema)
 
 
 async def test_create_and_start(storage):

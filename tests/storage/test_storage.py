@@ -27,7 +27,7 @@ from reportd.storage import (
 )
 from reportd.storage.postgres import PostgresStorage
 from reportd.storage.sqlite import SQLiteStorage
-from tests.support.storage import T0, drop_schema
+from tests.support.storage import T0, drop_schema, postgres_in_own_schema
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -40,17 +40,8 @@ async def storage(request, tmp_path):
         finally:
             await backend.close()
         return
-    dsn = request.getfixturevalue("pg_dsn")
-    schema = f"t_{uuid.uuid4().hex}"
-    backend = PostgresStorage(dsn, schema=schema)
-    try:
-        await backend.open()
-        try:
-            yield backend
-        finally:
-            await backend.close()
-    finally:
-        await drop_schema(dsn, schema)
+    async with postgres_in_own_schema(request.getfixturevalue("pg_dsn")) as backend:
+        yield backend
 
 
 def entry(
@@ -549,17 +540,8 @@ def test_open_storage_routes_urls(tmp_path):
 
 @pytest.fixture
 async def pg_storage(pg_dsn):
-    dsn = pg_dsn
-    schema = f"t_{uuid.uuid4().hex}"
-    backend = PostgresStorage(dsn, schema=schema)
-    try:
-        await backend.open()
-        try:
-            yield backend
-        finally:
-            await backend.close()
-    finally:
-        await drop_schema(dsn, schema)
+    async with postgres_in_own_schema(pg_dsn) as backend:
+        yield backend
 
 
 async def test_postgres_concurrent_accepts_share_transactions(pg_storage, monkeypatch):

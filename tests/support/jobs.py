@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import time
 
+from reportd.appkeys import STORAGE
 from reportd.auth import hash_token
-from reportd.web import STORAGE
 from tests.support import wait_until
 from tests.support.jobs_agent import make_report
 

@@ -1,11 +1,15 @@
-"""What the storage tests share: a fixed clock origin, dropping a PostgreSQL schema, jobs made to order."""
+"""What the storage tests share: a fixed clock origin, PostgreSQL storages in throwaway schemas, jobs made to order."""
 
 from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
 
 import asyncpg
 
 from reportd.storage.jobs import NewJob, NodeOutcome
-from reportd.storage.postgres import quote_ident
+from reportd.storage.postgres import PostgresStorage, quote_ident
 
 T0 = 1_700_000_000.0
 
@@ -57,3 +61,18 @@ async def deployed(storage, *nodes: str, seconds: float | None = 60.0) -> int:
     job_id = await storage.create_job(new_job(*nodes, timeout=seconds), T0)
     assert await storage.start_job(job_id, T0 + 1)
     return job_id
+
+
+@contextlib.asynccontextmanager
+async def postgres_in_own_schema(dsn: str) -> AsyncIterator[PostgresStorage]:
+    """An open PostgreSQL storage in a schema of its own on ``dsn``'s server, dropped afterwards."""
+    schema = f"t_{uuid.uuid4().hex}"
+    backend = PostgresStorage(dsn, schema=schema)
+    try:
+        await backend.open()
+        try:
+            yield backend
+        finally:
+            await backend.close()
+    finally:
+        await drop_schema(dsn, schema)

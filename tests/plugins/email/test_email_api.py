@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import pytest
 from reportd_plugins.email import plugin_state
 
+from reportd.appkeys import CONTEXT, STORAGE
 from reportd.auth import hash_token
-from reportd.web import CONTEXT, STORAGE
 from tests.support.mail import ManualClock
 
 URL = "/api/v1/reports/schedules"

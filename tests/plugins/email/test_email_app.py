@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 
 from reportd_plugins.email import plugin_state
 
+from reportd.appkeys import CONTEXT, STORAGE
 from reportd.auth import hash_token
 from reportd.storage.schedules import Schedule
 from reportd.storage.sqlite import SQLiteStorage
-from reportd.web import CONTEXT, STORAGE
 from tests.support import ini_for, wait_until
 from tests.support.mail import ingest, parts, puppet_report, smtp_server  # noqa: F401
 

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from reportd import __version__
-from reportd.web import CONTEXT
+from reportd.appkeys import CONTEXT
 from tests.support import ROOT, SAMPLE_CERTNAME, ini_for, sample, wait_until
 
 HOST = SAMPLE_CERTNAME
@@ -184,8 +184,8 @@ async def test_categories_stale_ttl_and_token(aiohttp_client, make_app):
     response = await client.put(f"/puppet/v3/report/{HOST}?environment=production", data=sample("agent-changes.json"),
                                 headers={"Content-Type": "application/json"})  # fmt: skip
     assert response.status == 403  # no anonymous uploads here; send as a token holder instead
+    from reportd.appkeys import STORAGE
     from reportd.auth import hash_token
-    from reportd.web import STORAGE
 
     await client.app[STORAGE].create_token("up", hash_token("rpd_up"), ["upload_config_reports"], 0)
     response = await client.put(f"/puppet/v3/report/{HOST}?environment=production", data=sample("agent-changes.json"),
@@ -204,8 +204,8 @@ async def test_categories_stale_ttl_and_token(aiohttp_client, make_app):
 
 
 async def test_scraping_is_a_read_that_needs_view_reports(aiohttp_client, make_app):
+    from reportd.appkeys import STORAGE
     from reportd.auth import hash_token
-    from reportd.web import STORAGE
 
     client = await aiohttp_client(make_app("anonymous_networks =\n", processors="store, metrics"))
     storage = client.app[STORAGE]
@@ -236,8 +236,8 @@ async def test_scraping_is_a_read_that_needs_view_reports(aiohttp_client, make_a
 
 
 async def test_the_scrape_token_is_compared_whole(aiohttp_client, make_app):
+    from reportd.appkeys import STORAGE
     from reportd.auth import hash_token
-    from reportd.web import STORAGE
 
     plugins = "[plugin:metrics]\ntoken = s3cret\n"
     client = await aiohttp_client(

@@ -9,7 +9,7 @@ import orjson
 import pytest
 import trustme
 
-from reportd.web import STORAGE
+from reportd.appkeys import STORAGE
 from tests.support import SAMPLE_CERTNAME, sample, wait_until
 from tests.support.fakes.puppetdb import FakePuppetDB, validate_report_v8
 

@@ -13,9 +13,9 @@ import asyncpg
 import orjson
 import pytest
 
+from reportd.appkeys import STORAGE
 from reportd.periodic import drain
 from reportd.storage.postgres import PostgresStorage
-from reportd.web import STORAGE
 from tests.support import ini_for, sample, wait_until
 from tests.support.pg import fresh_database
 
